@@ -1,0 +1,156 @@
+"""`python -m data_shards build|validate|inspect|synth`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from data_shards.build import BuildConfig, build, default_workers
+from data_shards.images import DEFAULT_MAX_PIXELS, ImagePolicy
+from data_shards.records import SourceError
+from data_shards.sources import READERS, SourceOptions
+from data_shards.split import STRATEGIES, SplitError, SplitSpec
+from data_shards.write import ShardLayout
+
+USER_ERRORS = (SourceError, SplitError, FileExistsError, FileNotFoundError, ValueError)
+
+
+def byte_size(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    text = text.strip().lower().rstrip("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("input")
+    group.add_argument("--input", type=Path, required=True, help="dataset file (JSON, JSONL, CSV) or folder")
+    group.add_argument("--format", choices=sorted(READERS), help="source format (detected when omitted)")
+    group.add_argument("--image-root", type=Path, help="folder image paths are relative to (default: the input's folder)")
+    group.add_argument("--class-names", type=Path, help="classes: JSON {folder: name} or one name per line")
+    group.add_argument("--class-question", default=SourceOptions.class_question, help="classes: the question asked")
+    group.add_argument("--caption-prompt", default=SourceOptions.caption_prompt, help="captions/manifest: the prompt")
+    group.add_argument("--pairs-question", default=SourceOptions.pairs_question, help="pairs: the question asked")
+    checks = parser.add_argument_group("checks and re-encoding")
+    checks.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject images with more pixels")
+    checks.add_argument("--max-side", type=int, help="re-encode so the longest side is at most this (JPEG)")
+    checks.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality when re-encoding")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="worker processes (0: in-process)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for splits")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("splits and shards")
+    group.add_argument("--split", default="train=1.0", help="NAME=FRACTION,... e.g. train=0.9,val=0.1")
+    group.add_argument("--split-by", choices=STRATEGIES, default="random",
+                       help="random; label (stratified); group (source groups); image (samples sharing an image)")
+    group.add_argument("--folds", type=int, help="k-fold: number of folds (writes train/ and val/)")
+    group.add_argument("--fold", type=int, help="k-fold: the held-out fold, 0-based")
+    group.add_argument("--shard-samples", type=int, default=1000, help="samples per shard at most")
+    group.add_argument("--shard-bytes", type=byte_size, default=256 * 1024**2, help="bytes per shard at most (e.g. 512MB)")
+    group.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+
+def config_from_args(args: argparse.Namespace, write_shards: bool) -> BuildConfig:
+    options = SourceOptions(
+        caption_prompt=args.caption_prompt,
+        class_question=args.class_question,
+        class_names=args.class_names,
+        pairs_question=args.pairs_question,
+    )
+    split = SplitSpec.parse(args.split, args.split_by, args.folds, args.fold) if write_shards else SplitSpec()
+    return BuildConfig(
+        input=args.input,
+        out=args.out,
+        format=args.format,
+        image_root=args.image_root,
+        split=split,
+        seed=args.seed,
+        policy=ImagePolicy(args.max_pixels, args.max_side, args.jpeg_quality),
+        layout=ShardLayout(args.shard_samples, args.shard_bytes) if write_shards else ShardLayout(),
+        options=options,
+        workers=args.workers,
+        overwrite=getattr(args, "overwrite", False) or not write_shards,
+        write_shards=write_shards,
+        progress=not args.no_progress,
+    )
+
+
+def command_build(args: argparse.Namespace) -> int:
+    report = build(config_from_args(args, write_shards=True))
+    print_summary(report, args.out)
+    return 0
+
+
+def command_validate(args: argparse.Namespace) -> int:
+    report = build(config_from_args(args, write_shards=False))
+    print_summary(report, args.out)
+    return 0
+
+
+def print_summary(report: dict, out: Path) -> None:
+    print(f"read {report['read']} = written {report['written']} + rejected {report['rejected']}")
+    for reason, count in report["rejects_by_reason"].items():
+        print(f"  rejected {count:6d}  {reason}")
+    for name, split in report["splits"].items():
+        print(f"  {name}: {split['samples']} samples in {split['shards']} shards")
+    print(f"report: {out / 'report.md'}")
+
+
+def command_inspect(args: argparse.Namespace) -> int:
+    from data_shards.inspect import inspect_shards
+
+    print(inspect_shards(args.path, args.samples, args.contact_sheet))
+    return 0
+
+
+def command_synth(args: argparse.Namespace) -> int:
+    from data_shards.synthetic import make_dataset
+
+    dataset = make_dataset(args.format, args.out, n=args.n, seed=args.seed, image_size=args.image_size,
+                           defects=args.defects, task=args.task)
+    print(json.dumps({"format": dataset.format, "input": str(dataset.input),
+                      "image_root": str(dataset.image_root) if dataset.image_root else None,
+                      "records": dataset.num_records}))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m data_shards", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    build_parser = commands.add_parser("build", help="validate, split and write WebDataset shards")
+    add_input_arguments(build_parser)
+    add_split_arguments(build_parser)
+    build_parser.add_argument("--out", type=Path, required=True, help="output folder ({split}/shard-*.tar)")
+    build_parser.set_defaults(run=command_build)
+    validate_parser = commands.add_parser("validate", help="check a dataset and write the report only")
+    add_input_arguments(validate_parser)
+    validate_parser.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md, rejects.jsonl")
+    validate_parser.set_defaults(run=command_validate)
+    inspect_parser = commands.add_parser("inspect", help="counts and a few samples of built shards")
+    inspect_parser.add_argument("path", type=Path, help="a build output folder or one split folder")
+    inspect_parser.add_argument("--samples", type=int, default=3, help="samples to print per split")
+    inspect_parser.add_argument("--contact-sheet", type=Path, help="write a PNG grid of the first images here")
+    inspect_parser.set_defaults(run=command_inspect)
+    synth_parser = commands.add_parser("synth", help="write a synthetic dataset in one source format")
+    synth_parser.add_argument("--format", choices=sorted(READERS), required=True)
+    synth_parser.add_argument("--out", type=Path, required=True)
+    synth_parser.add_argument("--n", type=int, default=200)
+    synth_parser.add_argument("--seed", type=int, default=0)
+    synth_parser.add_argument("--image-size", type=int, default=32)
+    synth_parser.add_argument("--task", choices=("color", "shape", "mixed"), default="color")
+    synth_parser.add_argument("--defects", action="store_true", help="inject broken and unusual samples")
+    synth_parser.set_defaults(run=command_synth)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

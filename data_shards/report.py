@@ -1,0 +1,153 @@
+"""The build report: counts that reconcile (read = written + rejected), reasons, and dataset statistics.
+
+Unusual-but-valid properties (shared images, an image used twice in one sample, normalised
+colour modes, non-ASCII text) are statistics here, never rejections.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_shards.records import REASONS, Reject
+from data_shards.validate import CheckedSample
+from data_shards.write import ShardInfo
+
+
+class ReconciliationError(AssertionError):
+    pass
+
+
+def build_report(read: int, kept: list[CheckedSample], rejects: list[Reject],
+                 splits: dict[str, list[CheckedSample]], shards: dict[str, list[ShardInfo]],
+                 header: dict[str, Any]) -> dict[str, Any]:
+    report = {
+        "read": read,
+        "written": len(kept),
+        "rejected": len(rejects),
+        "shards_written": bool(shards),
+        "rejects_by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
+        "splits": split_summary(splits, shards),
+        "stats": dataset_stats(kept),
+        **header,
+    }
+    check_reconciled(report, splits, shards)
+    return report
+
+
+def check_reconciled(report: dict[str, Any], splits: dict, shards: dict) -> None:
+    if report["read"] != report["written"] + report["rejected"]:
+        raise ReconciliationError(f"read {report['read']} != written {report['written']} + rejected {report['rejected']}")
+    if sum(len(members) for members in splits.values()) != report["written"]:
+        raise ReconciliationError(f"splits hold {sum(map(len, splits.values()))} samples, expected {report['written']}")
+    for name, infos in shards.items():
+        if sum(info.samples for info in infos) != len(splits[name]):
+            raise ReconciliationError(f"split {name}: shards hold {sum(i.samples for i in infos)} of {len(splits[name])}")
+
+
+def split_summary(splits: dict[str, list[CheckedSample]], shards: dict[str, list[ShardInfo]]) -> dict[str, Any]:
+    summary = {}
+    for name, members in splits.items():
+        infos = shards.get(name, [])
+        summary[name] = {
+            "samples": len(members),
+            "shards": len(infos),
+            "bytes": sum(info.bytes for info in infos),
+            "labels": dict(sorted(Counter(m.raw.label for m in members if m.raw.label is not None).items())),
+        }
+    return summary
+
+
+def distribution(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    array = np.asarray(values, dtype=float)
+    return {
+        "min": float(array.min()),
+        "median": float(np.median(array)),
+        "p95": float(np.percentile(array, 95)),
+        "max": float(array.max()),
+    }
+
+
+def dataset_stats(kept: list[CheckedSample]) -> dict[str, Any]:
+    labels = Counter(s.raw.label for s in kept if s.raw.label is not None)
+    return {
+        "classes": dict(sorted(labels.items())),
+        "imbalance_ratio": max(labels.values()) / min(labels.values()) if labels else None,
+        "images": image_stats(kept),
+        "text": text_stats(kept),
+    }
+
+
+def image_stats(kept: list[CheckedSample]) -> dict[str, Any]:
+    infos = [info for sample in kept for info in sample.images]
+    uses = Counter(info.source_sha256 for info in infos)
+    samples_per_image = Counter()
+    for sample in kept:
+        samples_per_image.update({info.source_sha256 for info in sample.images})
+    return {
+        "references": len(infos),
+        "distinct": len(uses),
+        "shared_by_several_samples": sum(1 for count in samples_per_image.values() if count > 1),
+        "max_samples_per_image": max(samples_per_image.values(), default=0),
+        "samples_repeating_an_image": sum(1 for s in kept if len({i.source_sha256 for i in s.images}) < len(s.images)),
+        "per_sample": dict(sorted(Counter(len(s.images) for s in kept).items())),
+        "width": distribution([i.width for i in infos]),
+        "height": distribution([i.height for i in infos]),
+        "bytes_per_image": distribution([i.num_bytes for i in infos]),
+        "formats": dict(sorted(Counter(i.format for i in infos).items())),
+        "normalised": dict(sorted(Counter(change for i in infos for change in i.changes).items())),
+    }
+
+
+def text_stats(kept: list[CheckedSample]) -> dict[str, Any]:
+    lengths = [sum(len(t.text) for t in s.raw.turns) for s in kept]
+    return {
+        "chars_per_sample": distribution(lengths),
+        "turns_per_sample": distribution([len(s.raw.turns) for s in kept]),
+        "text_only_samples": sum(1 for s in kept if not s.images),
+        "non_ascii_samples": sum(1 for s in kept if any(not t.text.isascii() for t in s.raw.turns)),
+    }
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Dataset build report",
+        "",
+        f"Source format `{report['source']['format']}`, seed {report['seed']}.",
+        "",
+        f"**read {report['read']} = written {report['written']} + rejected {report['rejected']}**",
+        "",
+        "| split | samples | shards | bytes |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, split in report["splits"].items():
+        lines.append(f"| {name} | {split['samples']} | {split['shards']} | {split['bytes']} |")
+    lines += ["", "## Rejected", "", "| reason | count | meaning |", "|---|---:|---|"]
+    for reason, count in report["rejects_by_reason"].items():
+        lines.append(f"| `{reason}` | {count} | {REASONS[reason]} |")
+    lines += ["", "Every rejected sample is listed in `rejects.jsonl`.", "", "## Statistics", ""]
+    stats = report["stats"]
+    if stats["classes"]:
+        lines.append(f"- classes: {len(stats['classes'])}, imbalance ratio (largest/smallest) {stats['imbalance_ratio']:.2f}")
+    images = stats["images"]
+    lines.append(f"- images: {images['references']} references to {images['distinct']} distinct images; "
+                 f"{images['shared_by_several_samples']} shared by several samples "
+                 f"(at most {images['max_samples_per_image']}); {images['samples_repeating_an_image']} samples use an image twice")
+    if images["normalised"]:
+        lines.append("- normalised (kept): " + ", ".join(f"{k} {v}" for k, v in images["normalised"].items()))
+    text = stats["text"]
+    lines.append(f"- text: {text['text_only_samples']} text-only samples, {text['non_ascii_samples']} with non-ASCII text")
+    if images["width"]:
+        lines.append(f"- image width median {images['width']['median']:.0f} (max {images['width']['max']:.0f}), "
+                     f"height median {images['height']['median']:.0f} (max {images['height']['max']:.0f})")
+    return "\n".join(lines) + "\n"

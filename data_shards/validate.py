@@ -1,0 +1,109 @@
+"""Per-sample checks: structure (answers, placeholders, paths) and images (readable, bounded).
+
+Everything here is a pure function of one raw sample so it can run in worker processes.
+Duplicate detection needs the whole dataset and lives in `dedupe`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_shards.images import ImagePolicy, ImageRejected, PreparedImage, prepare_image
+from data_shards.records import RawSample, Reject
+from data_shards.sample import IMAGE_TOKEN, ImageData, Sample
+
+
+@dataclass
+class ImageInfo:
+    ref: str
+    source_sha256: str
+    format: str
+    width: int
+    height: int
+    num_bytes: int
+    changes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckedSample:
+    """A raw sample that passed every per-sample check, with what was learnt about its images."""
+
+    raw: RawSample
+    images: list[ImageInfo]
+
+    def identity(self) -> str:
+        """Equal for exact duplicates: same turns, label and image contents, whatever the key."""
+        body = {
+            "turns": [(t.role, t.text) for t in self.raw.turns],
+            "label": self.raw.label,
+            "images": [image.source_sha256 for image in self.images],
+        }
+        return hashlib.sha256(json.dumps(body, ensure_ascii=False).encode()).hexdigest()
+
+    def num_bytes(self) -> int:
+        return sum(image.num_bytes for image in self.images)
+
+
+def structure_reject(raw: RawSample) -> Reject | None:
+    answers = [turn.text for turn in raw.turns if turn.role == "assistant"]
+    if not answers or any(not answer.strip() for answer in answers):
+        return Reject(raw.key, "empty_answer", "no assistant turn" if not answers else "an assistant turn is empty", raw.origin)
+    placeholders = sum(turn.text.count(IMAGE_TOKEN) for turn in raw.turns)
+    if placeholders != len(raw.image_refs):
+        detail = f"{placeholders} {IMAGE_TOKEN} placeholders for {len(raw.image_refs)} images"
+        return Reject(raw.key, "placeholder_mismatch", detail, raw.origin)
+    for ref in raw.image_refs:
+        if escapes_root(ref):
+            return Reject(raw.key, "path_escapes_root", f"{ref!r} points outside the image root", raw.origin)
+    return None
+
+
+def escapes_root(ref: str) -> bool:
+    """Lexical check (symlinked dataset folders stay allowed): absolute, or climbing above the root."""
+    normal = posixpath.normpath(ref.replace("\\", "/"))
+    return ref == "" or posixpath.isabs(normal) or normal == ".." or normal.startswith("../")
+
+
+def check_sample(raw: RawSample, image_root: Path, policy: ImagePolicy) -> CheckedSample | Reject:
+    reject = structure_reject(raw)
+    if reject is not None:
+        return reject
+    try:
+        prepared = prepare_refs(raw.image_refs, image_root, policy)
+    except ImageRejected as error:
+        return Reject(raw.key, error.reason, error.detail, raw.origin)
+    infos = [
+        ImageInfo(ref, p.source_sha256, p.format, p.width, p.height, len(p.data), p.changes)
+        for ref, p in zip(raw.image_refs, prepared)
+    ]
+    return CheckedSample(raw, infos)
+
+
+def prepare_refs(refs: list[str], image_root: Path, policy: ImagePolicy) -> list[PreparedImage]:
+    """Prepare each distinct image once, even when a sample references it twice."""
+    cache: dict[str, PreparedImage] = {}
+    for ref in refs:
+        if ref not in cache:
+            cache[ref] = prepare_image(image_root / ref, policy)
+    return [cache[ref] for ref in refs]
+
+
+def materialise(checked: CheckedSample, image_root: Path, policy: ImagePolicy) -> Sample:
+    """The final Sample with image bytes; fails loudly if a file changed since it was checked."""
+    prepared = prepare_refs(checked.raw.image_refs, image_root, policy)
+    for info, image in zip(checked.images, prepared):
+        if image.source_sha256 != info.source_sha256:
+            raise RuntimeError(f"{image_root / info.ref} changed while the dataset was being sharded")
+    raw = checked.raw
+    return Sample(
+        key=raw.key,
+        images=[ImageData(image.data, image.format) for image in prepared],
+        turns=list(raw.turns),
+        label=raw.label,
+        group=raw.group,
+        source=raw.source,
+        extra=dict(raw.extra),
+    )

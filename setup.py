@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="shardtune",
+    version="0.1.0",
+    description="Distributed fine-tuning of vision-language models from pre-sharded WebDataset streams",
+    packages=find_packages(include=["data_shards", "data_shards.*", "trainer", "trainer.*", "slurm", "slurm.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.24",
+        "pillow>=10",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "webdataset>=1.0.2,<1.1",
+        "braceexpand>=0.1.7",
+        "transformers>=5.20,<6",
+        "tokenizers>=0.22",
+        "safetensors>=0.4",
+        "peft>=0.20",
+        "accelerate>=1.10",
+        "deepspeed>=0.19,<0.20",
+        "wandb>=0.30",
+        "submitit>=1.5",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "quant": ["bitsandbytes>=0.49"],
+        "flash": ["flash-attn>=2.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "shardtune-data=data_shards.cli:main",
+        ],
+    },
+)
