@@ -23,7 +23,10 @@ $(STAMP): setup.py $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m data_shards demo --out runs/demo
+	rm -rf runs/demo
+	$(PY) -m data_shards synth --format llava --out runs/demo/raw --n 400 --defects
+	$(PY) -m data_shards build --input runs/demo/raw/data.json --out runs/demo/shards --split train=0.9,val=0.1 --seed 0 --shard-samples 100
+	$(PY) -m data_shards inspect runs/demo/shards --contact-sheet runs/demo/contact_sheet.png
 
 test: setup
 	$(PY) -m pytest -q
