@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
@@ -49,8 +49,8 @@ class BuildConfig:
 def build(config: BuildConfig) -> dict[str, Any]:
     """Run the whole pipeline; returns the report (also written to `out/report.json` and `report.md`)."""
     source = open_source(config.format, config.input, config.image_root, config.options)
+    records = list(source.records())
     prepare_output(config.out, config.overwrite)
-    records = list(tqdm(source.records(), desc="read", unit="rec", disable=not config.progress))
     raws = [r for r in records if isinstance(r, RawSample)]
     rejects = [r for r in records if isinstance(r, Reject)]
     check = partial(check_sample, image_root=source.image_root, policy=config.policy)
@@ -80,7 +80,7 @@ def prepare_output(out: Path, overwrite: bool) -> None:
 
 def run_parallel(function: Callable, items: list, workers: int, desc: str, progress: bool) -> list:
     """Ordered map over a spawn pool (safe when torch or threads are loaded); in-process when workers=0."""
-    bar = partial(tqdm, total=len(items), desc=desc, unit="sample", disable=not progress)
+    bar = partial(tqdm, total=len(items), desc=desc, unit="sample", disable=None if progress else True)
     if workers == 0 or len(items) < 2:
         return list(bar(map(function, items)))
     context = multiprocessing.get_context("spawn")
@@ -174,9 +174,3 @@ def fingerprint(source: Source, kept: list[CheckedSample]) -> str:
 
 def default_workers() -> int:
     return max(1, (os.cpu_count() or 1))
-
-
-def iter_rejects(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            yield json.loads(line)
