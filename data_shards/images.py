@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 PASSTHROUGH_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; PIL itself only warns below 89M
 
 
 class ImageRejected(Exception):
