@@ -15,10 +15,8 @@ import csv
 import functools
 import io
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -45,7 +43,7 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 MIN_IMAGE_SIZE = 16
 JPEG_QUALITY = 90
 NOISE_AMPLITUDE = 6
-BOMB_SIDE = 6000
+BOMB_SIDE = 10000
 OUTSIDE_IMAGE = "../outside.jpg"
 MALFORMED_JSON_LINE = '{"id": "broken", "conversations": [{"from": "human", "value": '
 CAPTION_EXTENSIONS = (".jpg", ".png", ".webp")
@@ -58,6 +56,8 @@ T = TypeVar("T")
 
 @dataclass
 class SyntheticDataset:
+    """Where a written dataset lies (`input`, `image_root` as the CLI takes them) and what it holds."""
+
     format: str
     input: Path
     image_root: Path | None
@@ -156,7 +156,6 @@ class _Picture:
     shape: str
     color: str
     background: str
-    extent: int
 
     def answer(self, topic: str) -> str:
         return self.color if topic == "color" else self.shape
@@ -166,13 +165,18 @@ class _Picture:
 
 
 def _random_picture(
-    rng: np.random.Generator, size: int, *, shape: str | None = None, color: str | None = None, extent: int | None = None
+    rng: np.random.Generator,
+    size: int,
+    *,
+    shape: str | None = None,
+    color: str | None = None,
+    extent: int | None = None,
 ) -> _Picture:
     shape = shape or _pick(rng, SHAPES)
     color = color or _pick(rng, tuple(COLORS))
     background = _pick(rng, tuple(BACKGROUNDS))
     placed = _centered(shape, color, size, rng, extent)
-    return _Picture(render([placed], background, size, rng), shape, color, background, extent=placed.extent)
+    return _Picture(render([placed], background, size, rng), shape, color, background)
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -211,7 +215,7 @@ def _json_line(value: dict[str, Any]) -> str:
 
 @functools.cache
 def _bomb_png() -> bytes:
-    """A 6000x6000 one-colour PNG at one bit per pixel: about 4 KB on disk, 36 megapixels decoded."""
+    """A 6000x6000 one-colour PNG at one bit per pixel: about 4 KB on disk, 36 megapixels once decoded."""
     image = Image.new("P", (BOMB_SIDE, BOMB_SIDE), 0)
     image.putpalette([*COLORS["orange"], 0, 0, 0])
     buffer = io.BytesIO()
@@ -318,7 +322,10 @@ FOREIGN_TEXTS = {
     "ar": _ForeignText(
         "ما لون الشكل؟",
         "شكل {word}",
-        {"red": "أحمر", "green": "أخضر", "blue": "أزرق", "yellow": "أصفر", "purple": "بنفسجي", "orange": "برتقالي"},
+        {
+            "red": "أحمر", "green": "أخضر", "blue": "أزرق",
+            "yellow": "أصفر", "purple": "بنفسجي", "orange": "برتقالي",
+        },
     ),
     "emoji": _ForeignText(
         "🎨 What color is the shape? 🤔",
@@ -355,10 +362,10 @@ class _Plan:
     def picture(self, **fixed: Any) -> _Picture:
         return _random_picture(self.rng, self.image_size, **fixed)
 
-    def save(self, image: Image.Image, stem: str, extension: str = ".jpg") -> str:
-        """Saves under images/ and returns the path relative to the root."""
-        _save_image(image, self.images_dir / (stem + extension))
-        return f"images/{stem}{extension}"
+    def save(self, image: Image.Image, stem: str) -> str:
+        """Saves a JPEG under images/ and returns its path relative to the root."""
+        _save_image(image, self.images_dir / f"{stem}.jpg")
+        return f"images/{stem}.jpg"
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -421,20 +428,21 @@ def _shape_conversation(plan: _Plan, key: str, index: int) -> _Conversation:
 
 def _good_conversations(plan: _Plan) -> list[_Conversation]:
     """n records; the last one is text-only when there are at least two."""
-    records = [_shape_conversation(plan, f"s{index:06d}", index) for index in range(plan.n)]
+    with_image = plan.n - 1 if plan.n > 1 else plan.n
+    records = [_shape_conversation(plan, f"s{index:06d}", index) for index in range(with_image)]
     if plan.n > 1:
-        records[-1] = _Conversation(records[-1].key, (), (TEXT_ONLY_EXCHANGE,), variant=plan.n - 1)
+        records.append(_Conversation(f"s{with_image:06d}", (), (TEXT_ONLY_EXCHANGE,), variant=with_image))
     return records
 
 
 def _broken_image_conversations(plan: _Plan) -> list[tuple[_Conversation, str]]:
-    question = (QUESTIONS["color"], "red")
-    records = [(_Conversation("d_missing_image", ("images/d_missing_image.jpg",), (question,)), "missing_image")]
+    """Records whose image is missing, broken, too large or outside the image root."""
+    refs = {"missing_image": "images/d_missing_image.jpg", "path_escapes_root": _write_outside_image(plan.root)}
     for reason in BROKEN_IMAGE_REASONS:
         path = _write_broken_image(reason, plan.images_dir, f"d_{reason}", plan.rng, plan.image_size)
-        records.append((_Conversation(f"d_{reason}", (plan.relative(path),), (question,)), reason))
-    records.append((_Conversation("d_path_escapes_root", (_write_outside_image(plan.root),), (question,)), "path_escapes_root"))
-    return records
+        refs[reason] = plan.relative(path)
+    question = (QUESTIONS["color"], "red")
+    return [(_Conversation(f"d_{reason}", (ref,), (question,)), reason) for reason, ref in refs.items()]
 
 
 def _defect_conversations(plan: _Plan, first: _Conversation) -> list[tuple[_Conversation, str]]:
@@ -536,18 +544,18 @@ def _conversation_dataset(plan: _Plan, fmt: str, spell: Callable[[_Conversation]
     unusual = _unusual_conversations(plan) if plan.unusual else []
     defects = _defect_conversations(plan, good[0]) if plan.defects else []
     records = [spell(record) for record in _interleave(good, [record for record, _ in unusual + defects])]
-    defect_reasons = {record.key: reason for record, reason in defects}
     if fmt == "llava" and not plan.jsonl:
-        path = plan.root / "data.json"
+        path, malformed_line = plan.root / "data.json", None
         _write_json(path, records)
     else:
         path = plan.root / "data.jsonl"
         malformed_line = _write_jsonl(path, records, malformed=plan.defects)
-        if malformed_line is not None:
-            defect_reasons[f"line{malformed_line}"] = "malformed_json"
-            records.append({})
+    defect_reasons = {record.key: reason for record, reason in defects}
+    if malformed_line is not None:
+        defect_reasons[f"line{malformed_line}"] = "malformed_json"
+    num_records = len(records) + (malformed_line is not None)
     notes = {record.key: note for record, note in unusual}
-    return SyntheticDataset(fmt, path, plan.root, len(records), defect_reasons, notes)
+    return SyntheticDataset(fmt, path, plan.root, num_records, defect_reasons, notes)
 
 
 def _write_llava(plan: _Plan) -> SyntheticDataset:
@@ -588,11 +596,12 @@ def _foreign_caption_files(plan: _Plan, folder: Path) -> list[_ImageFile]:
 
 
 def _broken_image_files(plan: _Plan, folder: Path) -> list[_ImageFile]:
-    return [
-        _ImageFile(key, _write_broken_image(reason, folder, key, plan.rng, plan.image_size), "a broken image", reason)
-        for reason in BROKEN_IMAGE_REASONS
-        for key in [f"d_{reason}"]
-    ]
+    files = []
+    for reason in BROKEN_IMAGE_REASONS:
+        key = f"d_{reason}"
+        path = _write_broken_image(reason, folder, key, plan.rng, plan.image_size)
+        files.append(_ImageFile(key, path, "a broken image", reason))
+    return files
 
 
 def _good_captioned_files(plan: _Plan, folder: Path, extensions: Sequence[str]) -> list[_ImageFile]:
@@ -615,18 +624,26 @@ def _caption_defect_files(plan: _Plan, folder: Path) -> list[_ImageFile]:
     return files
 
 
+def _unusual_captioned_files(plan: _Plan, folder: Path) -> list[_ImageFile]:
+    if not plan.unusual:
+        return []
+    return _unusual_image_files(plan, lambda _: folder) + _foreign_caption_files(plan, folder)
+
+
+def _notes(files: list[_ImageFile]) -> dict[str, str]:
+    return {file.key: file.note for file in files}
+
+
 def _write_captions(plan: _Plan) -> SyntheticDataset:
     folder = plan.root / "captions"
     good = _good_captioned_files(plan, folder, CAPTION_EXTENSIONS)
-    unusual = _unusual_image_files(plan, lambda _: folder) + _foreign_caption_files(plan, folder) if plan.unusual else []
+    unusual = _unusual_captioned_files(plan, folder)
     defects = _caption_defect_files(plan, folder) if plan.defects else []
     for file in good + unusual + defects:
         if file.note != "missing_caption":
             _write_text(file.path.with_suffix(".txt"), file.text)
-    return SyntheticDataset(
-        "captions", folder, None, len(good + unusual + defects),
-        {file.key: file.note for file in defects}, {file.key: file.note for file in unusual},
-    )
+    num_records = len(good) + len(unusual) + len(defects)
+    return SyntheticDataset("captions", folder, None, num_records, _notes(defects), _notes(unusual))
 
 
 def _manifest_defect_entries(plan: _Plan) -> tuple[dict[str, str], dict[str, str]]:
@@ -643,14 +660,13 @@ def _manifest_defect_entries(plan: _Plan) -> tuple[dict[str, str], dict[str, str
 
 def _write_manifest(plan: _Plan) -> SyntheticDataset:
     good = _good_captioned_files(plan, plan.images_dir, (".jpg",))
-    unusual = _unusual_image_files(plan, lambda _: plan.images_dir) + _foreign_caption_files(plan, plan.images_dir)
-    unusual = unusual if plan.unusual else []
+    unusual = _unusual_captioned_files(plan, plan.images_dir)
     entries = {plan.relative(file.path): file.text for file in good + unusual}
     defect_entries, reasons = _manifest_defect_entries(plan) if plan.defects else ({}, {})
     entries.update(defect_entries)
     path = plan.root / "manifest.json"
     _write_json(path, entries)
-    return SyntheticDataset("manifest", path, plan.root, len(entries), reasons, {f.key: f.note for f in unusual})
+    return SyntheticDataset("manifest", path, plan.root, len(entries), reasons, _notes(unusual))
 
 
 def _class_topic(task: str) -> str:
@@ -682,15 +698,11 @@ def _write_classes(plan: _Plan) -> SyntheticDataset:
     defects = _broken_image_files(plan, folder / first_class) if plan.defects else []
     if plan.class_names:
         _write_class_names(plan, folder)
-    return SyntheticDataset(
-        "classes", folder, None, plan.n + len(unusual) + len(defects),
-        {file.key: file.note for file in defects}, {file.key: file.note for file in unusual},
-    )
+    num_records = plan.n + len(unusual) + len(defects)
+    return SyntheticDataset("classes", folder, None, num_records, _notes(defects), _notes(unusual))
 
 
 # --- pairs ---------------------------------------------------------------------------------------
-
-PAIR_LABELS = ("First", "Second", "Similar")
 
 
 class _PairRow(NamedTuple):
@@ -713,9 +725,21 @@ def pair_label(score1: int, score2: int, margin: int) -> str:
     return "Similar"
 
 
-def _pair_image(plan: _Plan, stem: str) -> tuple[str, int]:
-    """A picture whose score is its shape's side in pixels, drawn anywhere from 30% to 80% of the image."""
-    extent = int(plan.rng.integers(round(plan.image_size * 0.3), round(plan.image_size * 0.8) + 1))
+def _pair_extents(image_size: int) -> range:
+    """Shape sides a pair image may have: 30% to 80% of the image."""
+    return range(round(image_size * 0.3), round(image_size * 0.8) + 1)
+
+
+def _second_extent(plan: _Plan, first: int) -> int:
+    """About one pair in five is Similar; the others differ by more than the margin, in either direction."""
+    margin = _pair_margin(plan.image_size)
+    similar = plan.rng.random() < 0.2
+    extents = _pair_extents(plan.image_size)
+    return _pick(plan.rng, [extent for extent in extents if (abs(extent - first) <= margin) == similar])
+
+
+def _pair_image(plan: _Plan, stem: str, extent: int) -> tuple[str, int]:
+    """A picture whose score is its shape's side in pixels."""
     return plan.save(plan.picture(extent=extent).image, stem), extent
 
 
@@ -725,8 +749,11 @@ def _good_pair_rows(plan: _Plan) -> list[_PairRow]:
     margin = _pair_margin(plan.image_size)
     for number in range(1, plan.n + 1):
         stem = f"row{number:06d}"
-        first = (rows[-1].img2, rows[-1].score2) if number % 4 == 0 else _pair_image(plan, f"{stem}_a")
-        second = _pair_image(plan, f"{stem}_b")
+        if number % 4 == 0:
+            first = (rows[-1].img2, rows[-1].score2)
+        else:
+            first = _pair_image(plan, f"{stem}_a", _pick(plan.rng, _pair_extents(plan.image_size)))
+        second = _pair_image(plan, f"{stem}_b", _second_extent(plan, first[1]))
         rows.append(_PairRow(first[0], second[0], pair_label(first[1], second[1], margin), first[1], second[1]))
     return rows
 
@@ -781,9 +808,14 @@ class _Coco:
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
 
+    @property
+    def next_image_id(self) -> int:
+        return len(self.images) + 1
+
     def add_image(self, file_name: str) -> int:
-        image_id = len(self.images) + 1
-        self.images.append({"id": image_id, "file_name": file_name, "width": self.image_size, "height": self.image_size})
+        image_id = self.next_image_id
+        size = self.image_size
+        self.images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
         return image_id
 
     def annotate(self, image_id: int, category: str, bbox: list[int]) -> None:
@@ -798,16 +830,15 @@ class _Coco:
 
 
 def _add_coco_scene(plan: _Plan, coco: _Coco, kind: str | None = None, write: bool = True) -> int:
-    """Draws a scene, saves it (in an unusual mode when `kind` is given, not at all unless `write`), annotates it."""
+    """Draws and annotates a scene; saves it as JPEG, in the unusual mode `kind`, or not at all (`write=False`)."""
     image, background, placed = _coco_scene(plan)
-    image_id = len(coco.images) + 1
-    stem = f"img{image_id:06d}"
-    extension = UNUSUAL_IMAGES[kind][1] if kind else ".jpg"
-    if write and kind:
-        _write_unusual_image(kind, image, background, plan.images_dir, stem)
-    elif write:
-        plan.save(image, stem)
-    coco.add_image(f"images/{stem}{extension}")
+    stem = f"img{coco.next_image_id:06d}"
+    if kind:
+        path = _write_unusual_image(kind, image, background, plan.images_dir, stem)
+        file_name = plan.relative(path)
+    else:
+        file_name = plan.save(image, stem) if write else f"images/{stem}.jpg"
+    image_id = coco.add_image(file_name)
     for shape in placed:
         coco.annotate(image_id, shape.shape, shape.bbox)
     return image_id
@@ -886,37 +917,14 @@ def make_dataset(
 
 # --- benchmark set -------------------------------------------------------------------------------
 
-_benchmark_worker_state: dict[str, Any] = {}
-
-
-def _init_benchmark_worker(bases: np.ndarray, images_dir: Path) -> None:
-    _benchmark_worker_state.update(bases=bases, images_dir=images_dir)
-
 
 def _jittered(bases: np.ndarray, index: int) -> np.ndarray:
-    """Shifts a base picture by up to 2 px and stamps the index's bits into its first pixels, so files all differ."""
+    """A base picture shifted by up to 2 px, the index's bits stamped into its first pixels: no two files are equal."""
     variant = index // len(bases)
     pixels = np.roll(bases[index % len(bases)], (variant % 5 - 2, variant // 5 % 5 - 2), axis=(0, 1))
     bits = (index >> np.arange(BENCHMARK_STAMP_BITS)) & 1
     pixels.reshape(-1, 3)[:BENCHMARK_STAMP_BITS] = np.where(bits[:, None] == 1, 160, 250)
     return pixels
-
-
-def _write_benchmark_image(index: int) -> None:
-    pixels = _jittered(_benchmark_worker_state["bases"], index)
-    path = _benchmark_worker_state["images_dir"] / f"s{index:06d}.jpg"
-    Image.fromarray(pixels).save(path, "JPEG", quality=JPEG_QUALITY)
-
-
-def _write_benchmark_images(bases: np.ndarray, images_dir: Path, n: int) -> None:
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    if workers == 1 or n < 2000:
-        _init_benchmark_worker(bases, images_dir)
-        for index in range(n):
-            _write_benchmark_image(index)
-        return
-    with Pool(workers, initializer=_init_benchmark_worker, initargs=(bases, images_dir)) as pool:
-        pool.map(_write_benchmark_image, range(n), chunksize=256)
 
 
 def make_loose_benchmark_set(out: Path, n: int, image_size: int, seed: int = 0) -> Path:
@@ -931,7 +939,9 @@ def make_loose_benchmark_set(out: Path, n: int, image_size: int, seed: int = 0) 
     images_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     pictures = [_random_picture(rng, image_size) for _ in range(min(n, BENCHMARK_BASE_IMAGES))]
-    _write_benchmark_images(np.stack([np.asarray(picture.image) for picture in pictures]), images_dir, n)
+    bases = np.stack([np.asarray(picture.image) for picture in pictures])
+    for index in range(n):
+        Image.fromarray(_jittered(bases, index)).save(images_dir / f"s{index:06d}.jpg", "JPEG", quality=JPEG_QUALITY)
     records = [
         _llava_record(_Conversation(
             f"s{index:06d}", (f"images/s{index:06d}.jpg",),
