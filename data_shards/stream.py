@@ -239,6 +239,7 @@ class ShardReader:
         return found
 
     def scan_pipe(self, shard: Shard, wanted: list[int]) -> dict[int, dict[str, bytes] | Exception]:
+        """Read front to back; samples past a damaged point become errors, those before it are kept."""
         process = subprocess.Popen(shard.url[5:], shell=True, stdout=subprocess.PIPE)
         targets, found = set(wanted), {}
         try:
@@ -247,6 +248,8 @@ class ShardReader:
                     found[position] = members
                 if len(found) == len(targets):
                     break
+        except CorruptShardError as error:
+            found.update({sample: error for sample in targets - found.keys()})
         finally:
             process.stdout.close()
             process.kill()
@@ -317,11 +320,17 @@ class ShardLoader:
             pin_memory=self.pin_memory,
         )
         start, consumed = self.stream.position, 0
-        for positions, skipped, batch in loader:
-            consumed += positions
-            self.skipped += skipped
-            self.stream.position = start + consumed * self.stream.world_size
-            yield batch
+        batches = iter(loader)
+        try:
+            for positions, skipped, batch in batches:
+                consumed += positions
+                self.skipped += skipped
+                self.stream.position = start + consumed * self.stream.world_size
+                yield batch
+        finally:
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()  # now, not when a kept exception's traceback is collected (5 s per worker)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -71,7 +71,12 @@ def iter_samples(stream: BinaryIO, where: str) -> Iterator[dict[str, bytes]]:
     """Samples of a tar read front to back (for pipes): consecutive members sharing a key."""
     key, members = None, {}
     while True:
-        parsed = parse_header(read_exact(stream, BLOCK), where)
+        try:
+            parsed = parse_header(read_exact(stream, BLOCK), where)
+        except CorruptShardError:
+            if members:
+                yield members  # complete or not, from_members checks it
+            raise
         if parsed is None:
             break
         name, size = parsed
