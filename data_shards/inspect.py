@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from data_shards.sample import Sample
 from data_shards.stream import ShardStream, StreamConfig
@@ -61,8 +61,7 @@ def write_contact_sheet(samples: list[Sample], path: Path, columns: int = 8) -> 
     draw = ImageDraw.Draw(sheet)
     for number, (image, caption) in enumerate(tiles):
         x, y = number % columns * THUMB, number // columns * (THUMB + CAPTION_HEIGHT)
-        thumb = image.copy()
-        thumb.thumbnail((THUMB, THUMB))
+        thumb = ImageOps.contain(image, (THUMB, THUMB), Image.Resampling.NEAREST)
         sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
         draw.text((x + 2, y + THUMB + 2), caption[:20], fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
