@@ -128,3 +128,18 @@ def test_every_command_has_help():
     for command in ("build", "validate", "inspect", "synth"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "usage" in result.stdout
+
+
+def test_inspect_prints_counts_samples_and_writes_a_contact_sheet(llava_dataset, tmp_path):
+    data, _ = llava_dataset
+    out = tmp_path / "out"
+    assert run_cli("build", "--input", data, "--out", out, "--split", "train=0.8,val=0.2", "--workers", "0",
+                   "--no-progress").returncode == 0
+    sheet = tmp_path / "sheet.png"
+    result = run_cli("inspect", out, "--samples", "2", "--contact-sheet", sheet)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert f"train: {report['splits']['train']['samples']} samples" in result.stdout
+    assert result.stdout.count("assistant:") == 4
+    with Image.open(sheet) as image:
+        assert image.format == "PNG" and image.width >= 128
