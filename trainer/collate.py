@@ -1,0 +1,147 @@
+"""Samples → model batch through the model's own processor and chat template.
+
+Labels keep only assistant answers (the template's `{% generation %}` spans). Every batch is
+checked: each sample keeps at least one supervised token, and its image tokens match what its
+images produce — otherwise a `BatchError` names the sample, instead of a silent loss of 0 or the
+model's "image features and image tokens do not match" deep in the forward. Samples longer than
+`max_length` are dropped whole and counted (truncation would cut image tokens).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from data_shards.sample import IMAGE_TOKEN, Sample
+
+IGNORE_INDEX = -100
+
+
+class BatchError(ValueError):
+    pass
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]
+    keys: list[str]
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.inputs["attention_mask"].sum()) if self.keys else 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def conversation(sample: Sample, with_answer: bool = True) -> list[dict[str, Any]]:
+    """Chat messages with typed parts; each `<image>` placeholder becomes the next image, in order."""
+    images = iter(sample.images)
+    turns = sample.turns if with_answer else sample.turns[:last_assistant(sample)]
+    messages = []
+    for turn in turns:
+        parts = []
+        for position, text in enumerate(turn.text.split(IMAGE_TOKEN)):
+            if position:
+                parts.append({"type": "image", "image": next(images).decode()})
+            text = text.lstrip("\n") if position else text
+            if text:
+                parts.append({"type": "text", "text": text})
+        messages.append({"role": turn.role, "content": parts})
+    return messages
+
+
+def last_assistant(sample: Sample) -> int:
+    for index in range(len(sample.turns) - 1, -1, -1):
+        if sample.turns[index].role == "assistant":
+            return index
+    raise BatchError(f"sample {sample.key!r} has no assistant turn")
+
+
+class Collator:
+    """Picklable (runs in DataLoader workers): holds the processor and the per-image token check."""
+
+    def __init__(self, processor, max_length: int, image_token_id: int | None, tokens_per_image=None):
+        self.processor = processor
+        self.max_length = max_length
+        self.image_token_id = image_token_id
+        self.tokens_per_image = tokens_per_image
+
+    def encode(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        return self.processor.apply_chat_template(
+            [conversation(s) for s in samples], tokenize=True, return_dict=True, return_tensors="pt",
+            return_assistant_tokens_mask=True, processor_kwargs={"padding": True},
+        )
+
+    def __call__(self, samples: list[Sample]) -> Batch:
+        dropped, kept = [], list(samples)
+        encoded = self.encode(kept) if kept else None
+        if encoded is not None:
+            lengths = encoded["attention_mask"].sum(dim=1).tolist()
+            too_long = [s.key for s, n in zip(kept, lengths) if n > self.max_length]
+            if too_long:
+                dropped = too_long
+                kept = [s for s in kept if s.key not in too_long]
+                encoded = self.encode(kept) if kept else None
+        if encoded is None:
+            return Batch({}, [], dropped)
+        return Batch(self.finish(encoded, kept), [s.key for s in kept], dropped)
+
+    def finish(self, encoded: dict[str, torch.Tensor], samples: list[Sample]) -> dict[str, torch.Tensor]:
+        mask = encoded.pop("assistant_masks").bool() & encoded["attention_mask"].bool()
+        for row, sample in enumerate(samples):
+            if not mask[row].any():
+                raise BatchError(f"sample {sample.key!r}: no supervised token (the chat template marks no "
+                                 "assistant answer with {% generation %}, or the answer is empty)")
+        self.check_image_tokens(encoded, samples)
+        encoded["labels"] = torch.where(mask, encoded["input_ids"], IGNORE_INDEX)
+        return dict(encoded)
+
+    def check_image_tokens(self, encoded: dict[str, torch.Tensor], samples: list[Sample]) -> None:
+        if self.image_token_id is None or self.tokens_per_image is None:
+            return
+        found = (encoded["input_ids"] == self.image_token_id).sum(dim=1).tolist()
+        expected = self.tokens_per_image(encoded, samples)
+        for sample, have, want in zip(samples, found, expected):
+            if have != want:
+                raise BatchError(f"sample {sample.key!r}: {have} image tokens in the text but its "
+                                 f"{len(sample.images)} images give {want} features")
+
+
+@dataclass
+class FixedCount:
+    """Families whose every image gives the same number of features (LLaVA-1.5: image_seq_length)."""
+
+    count: int
+
+    def __call__(self, encoded, samples) -> list[int]:
+        return [self.count * len(s.images) for s in samples]
+
+
+@dataclass
+class GridCount:
+    """Qwen2-VL-style: an image of grid t×h×w patches gives t·h·w / merge² features."""
+
+    merge: int
+
+    def __call__(self, encoded, samples) -> list[int]:
+        per_image = (encoded["image_grid_thw"].prod(dim=1) // (self.merge ** 2)).tolist() if "image_grid_thw" in encoded else []
+        counts, start = [], 0
+        for sample in samples:
+            counts.append(int(sum(per_image[start:start + len(sample.images)])))
+            start += len(sample.images)
+        return counts
+
+
+def token_check_for(model_config) -> tuple[int | None, Any]:
+    """The image token id and feature-count rule from the model's config (None where the count varies)."""
+    image_token = getattr(model_config, "image_token_id", None) or getattr(model_config, "image_token_index", None)
+    vision = getattr(model_config, "vision_config", None)
+    merge = getattr(vision, "spatial_merge_size", None)
+    if merge:
+        return image_token, GridCount(merge)
+    if getattr(model_config, "image_grid_pinpoints", None) is None and getattr(model_config, "image_seq_length", None):
+        return image_token, FixedCount(model_config.image_seq_length)
+    return image_token, None
