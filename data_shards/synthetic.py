@@ -416,13 +416,16 @@ class _Conversation:
 
 
 def _shape_conversation(plan: _Plan, key: str, index: int) -> _Conversation:
-    """A question about a fresh picture; every fifth record asks a second question too."""
+    """A question about a fresh picture; every fifth record first asks about the other topic.
+
+    The task's question always comes last, so the final answer (what evaluation scores) is the task's.
+    """
     picture = plan.picture()
     topic = _topic(plan.task, index)
     exchanges = [(QUESTIONS[topic], picture.answer(topic))]
     if index % 5 == 4:
         other = _other_topic(topic)
-        exchanges.append((QUESTIONS[other], picture.answer(other)))
+        exchanges.insert(0, (QUESTIONS[other], picture.answer(other)))
     return _Conversation(key, (plan.save(picture.image, key),), tuple(exchanges), variant=index)
 
 

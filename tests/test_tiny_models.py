@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, BitsAndBytesConfig
 from transformers.utils import is_torchvision_available
 
-from trainer.tiny import ANSWER_WORDS, FAMILIES, build_tiny_model, load_processor
+from trainer.processor import load_processor
+from trainer.tiny import ANSWER_WORDS, FAMILIES, build_tiny_model
 
 IMAGE_TOKENS_PER_32PX_IMAGE = {"llava": 16, "llava_next": 36, "qwen2_vl": 16}
 PROJECTOR = {"llava": "multi_modal_projector", "llava_next": "multi_modal_projector", "qwen2_vl": "visual.merger"}

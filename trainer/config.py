@@ -17,7 +17,7 @@ WANDB_MODES = ("disabled", "offline", "online")
 
 @dataclass
 class ModelSection:
-    path: str = option("", help="local model folder or hub id (AutoModelForImageTextToText); tiny:FAMILY builds the tiny kit")
+    path: str = option("", help="local model folder or hub id (AutoModelForImageTextToText)")
     dtype: str = option("float32", help="weights and compute dtype", choices=DTYPES)
     attention: str = option("auto", help="auto = flash_attention_2 when importable on CUDA, else sdpa, else eager",
                             choices=ATTENTION)
@@ -53,6 +53,7 @@ class TrainSection:
     max_grad_norm: float = option(1.0, help="gradient clipping (0: off)")
     max_bad_steps: int = option(3, help="consecutive NaN/Inf losses before the run aborts (the last good checkpoint stays)")
     log_every: int = option(1, help="steps between metric lines")
+    fault_nan_micro_steps: list[int] = option(factory=list, help="testing aid: make the loss NaN at these micro-steps (1-based)")
 
 
 @dataclass
@@ -115,6 +116,7 @@ class EvalSection:
     every_steps: int = option(0, help="steps between evaluations on data.val (0: only at the end)")
     max_batches: int = option(0, help="limit evaluation batches (0: the whole split)")
     max_new_tokens: int = option(8, help="tokens generated per answer for exact-match accuracy")
+    at_start: bool = option(False, help="also evaluate before the first step (accuracy before training)")
 
 
 @dataclass
@@ -133,7 +135,7 @@ class TrainConfig:
     def problems(self) -> list[str]:
         found = []
         if not self.model.path:
-            found.append("model.path: required (a model folder, a hub id, or tiny:llava)")
+            found.append("model.path: required (a model folder or a hub id)")
         if not self.data.train:
             found.append("data.train: required (a shard folder such as shards/train)")
         if self.quant.load_in_4bit and not self.lora.enabled:

@@ -28,11 +28,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
     AutoModelForImageTextToText,
-    AutoProcessor,
-    AutoTokenizer,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
@@ -44,19 +40,20 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2VLConfig,
     Qwen2VLImageProcessorPil,
-    Qwen2VLProcessor,
 )
-from transformers.utils import is_torchvision_available
+
+from trainer.processor import ImageOnlyQwen2VLProcessor
 
 FAMILIES = ("llava", "llava_next", "qwen2_vl")
 MARKER = "tiny_model.json"
-KIT_VERSION = 1  # bump when what is built changes, so that directories built before are rebuilt
+KIT_VERSION = 2  # bump when what is built changes, so that directories built before are rebuilt
 
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, HEAD_DIM = 64, 128, 2, 4, 16
 CLIP_PATCH = 8
 QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL_PATCH, QWEN_KV_HEADS = 4, 2, 2, 2
 MROPE_SECTION = [2, 3, 3]  # temporal, height, width: the HEAD_DIM // 2 rotary frequencies
 VOCAB_SIZE = 1000
+LM_HEAD_SCALE = 10.0
 # As in the real LLaVA-1.5 and LLaVA-NeXT checkpoints: the second-to-last CLIP layer, so the last
 # vision layer gets no gradient there either.
 VISION_FEATURE_LAYER = -2
@@ -152,6 +149,11 @@ def build_model(family: str, tokenizer: PreTrainedTokenizerFast, seed: int, imag
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(build_config(family, tokenizer, image_size))
+    with torch.no_grad():
+        # At width 64 with the default init (std 0.02) the logits stay within about ±1, so a frozen head
+        # cannot express a confident answer and LoRA training stalls near log(vocab); a trained
+        # checkpoint's head has that range, so give the random one a comparable scale.
+        model.lm_head.weight.mul_(LM_HEAD_SCALE)
     model.generation_config.update(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
@@ -204,36 +206,6 @@ def build_processor(family: str, image_size: int):
     images = Qwen2VLImageProcessorPil(size=pixels, patch_size=QWEN_PATCH, merge_size=QWEN_MERGE,
                                       temporal_patch_size=QWEN_TEMPORAL_PATCH)
     return ImageOnlyQwen2VLProcessor(images, tokenizer, chat_template=QWEN_TEMPLATE)
-
-
-class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    """Qwen2-VL's processor without a video processor, for machines without torchvision.
-
-    There transformers 5 can neither build a Qwen2VLProcessor (its argument check looks up
-    VideoProcessorMixin, exported only with torchvision) nor load one with AutoProcessor (which
-    builds the torchvision-only Qwen2VLVideoProcessor). Images need neither. It saves what a
-    Qwen2VLProcessor with its video processor saves, so AutoProcessor loads that where torchvision is.
-    """
-
-    @classmethod
-    def get_attributes(cls):
-        return ["image_processor", "tokenizer"]
-
-    def to_dict(self):
-        config = super().to_dict()
-        image = config["image_processor"]
-        video = {key: image[key] for key in ("size", "patch_size", "temporal_patch_size", "merge_size")}
-        video["video_processor_type"] = "Qwen2VLVideoProcessor"
-        return {**config, "processor_class": "Qwen2VLProcessor", "video_processor": video}
-
-
-def load_processor(path: Path):
-    """`AutoProcessor.from_pretrained(path)`, or an ImageOnlyQwen2VLProcessor where that cannot work."""
-    if is_torchvision_available() or AutoConfig.from_pretrained(path).model_type != "qwen2_vl":
-        return AutoProcessor.from_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return ImageOnlyQwen2VLProcessor(AutoImageProcessor.from_pretrained(path), tokenizer,
-                                     chat_template=tokenizer.chat_template)
 
 
 def build_tokenizer(family: str) -> PreTrainedTokenizerFast:

@@ -1,0 +1,10 @@
+"""Train: `deepspeed launch/train.py --config configs/demo.yaml [section.key=value ...]` (see --help)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""`launch/train.py`: parse `--config C [section.key=value ...]`, discover the world, train.
+
+Works under `deepspeed launch/train.py`, `torchrun --nproc_per_node N launch/train.py` and plain
+`python launch/train.py` (a single process); `--local_rank` from older launchers is accepted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from trainer.config import ConfigError, help_text, load
+from trainer.distributed import world_from_env
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="launch/train.py", description=__doc__, epilog=help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    root.add_argument("--config", type=Path, help="YAML recipe (see configs/)")
+    root.add_argument("--resume", help="shortcut for checkpoint.resume=auto|none|PATH")
+    root.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    root.add_argument("overrides", nargs="*", help="section.key=value, e.g. optimizer.lr=2e-5")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+    try:
+        config = load(args.config, overrides)
+        world = world_from_env()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from trainer.engine import Trainer
+
+    try:
+        summary = Trainer(config, world).fit()
+    except Exception:
+        print(f"[rank {world.rank}] training failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        return 1
+    if world.is_main:
+        print(json.dumps(summary))
+    return 0

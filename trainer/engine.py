@@ -1,0 +1,301 @@
+"""The training loop on DeepSpeed's engine: shards in, checkpoints and metrics out.
+
+Every rank runs the same number of micro-batches per epoch (the stream guarantees equal counts),
+agrees on skipping a non-finite loss (an all-reduced flag), and writes checkpoints together, so
+no rank is ever left waiting in a collective.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from data_shards.stream import ShardLoader, ShardStream, StreamConfig
+from trainer import ds_config
+from trainer.checkpoint import CheckpointManager, TrainerState, config_hash, save_adapter
+from trainer.collate import Batch, Collator, token_check_for
+from trainer.config import TrainConfig
+from trainer.conftools import to_dict
+from trainer.distributed import WorldInfo, export_env
+from trainer.evaluation import EvalCollator, dtype_of, evaluate, move
+from trainer.model import parameter_groups, prepare_model
+from trainer.processor import load_processor
+from trainer.schedule import build_scheduler
+from trainer.tracking import make_tracker
+
+log = logging.getLogger("shardtune")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def init_distributed(world: WorldInfo, timeout_minutes: int = 30) -> torch.device:
+    import deepspeed
+
+    export_env(world)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
+
+
+def configure_logging(is_main: bool) -> None:
+    level = logging.INFO if is_main else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.getLogger("shardtune").setLevel(level)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, world: WorldInfo):
+        self.config = config
+        self.world = world
+        self.run_dir = Path(config.train.output_dir)
+        self.device = init_distributed(world)
+        configure_logging(world.is_main)
+        seed_everything(config.train.seed)
+        self.model, self.parts = prepare_model(config, self.device)
+        self.processor = load_processor(config.model.path)
+        self.collator = Collator(self.processor, config.model.max_length, *token_check_for(self.model.config))
+        self.train_loader = self.make_loader(config.data.train, self.collator, shuffle=True)
+        self.val_loader = self.make_loader(config.data.val, EvalCollator(self.collator), shuffle=False) if config.data.val else None
+        self.total_steps = self.planned_steps()
+        self.engine = self.make_engine()
+        self.state = TrainerState(config_hash=config_hash(to_dict(config)))
+        self.checkpoints = CheckpointManager(self.run_dir, world.rank, config.checkpoint.keep_last,
+                                             config.checkpoint.best_metric, config.checkpoint.best_mode)
+        self.tracker = None
+        self.micro_steps = 0
+        self.window = new_window()
+
+    def make_loader(self, source: str, collate, shuffle: bool) -> ShardLoader:
+        data = self.config.data
+        stream_config = StreamConfig(batch_size=self.config.train.micro_batch_size, seed=self.config.train.seed,
+                                     shuffle=shuffle, block_shards=data.block_shards, on_corrupt=data.on_corrupt)
+        stream = ShardStream(source, index=data.index or None, config=stream_config, rank=self.world.rank,
+                             world_size=self.world.world_size)
+        return ShardLoader(stream, num_workers=data.num_workers, collate_fn=collate)
+
+    def planned_steps(self) -> int:
+        if self.config.train.max_steps:
+            return self.config.train.max_steps
+        stream = self.train_loader.stream
+        per_epoch = math.ceil(len(stream) / stream.config.batch_size) if stream.position == 0 else None
+        per_epoch = per_epoch or math.ceil(stream.num_samples / stream.world_size / stream.config.batch_size)
+        return max(1, self.config.train.epochs * per_epoch // self.config.train.grad_accum)
+
+    def make_engine(self):
+        import deepspeed
+
+        config = self.config
+        groups = parameter_groups(self.model, self.parts, config)
+        optimizer = make_optimizer(groups, config)
+        opt = config.optimizer
+        scheduler = build_scheduler(optimizer, self.total_steps, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
+        hidden = getattr(getattr(self.model.config, "text_config", self.model.config), "hidden_size", 1024)
+        resolved = ds_config.resolve(config, self.world.world_size, hidden)
+        engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=resolved)
+        self.zero_stage = resolved["zero_optimization"]["stage"]
+        return engine
+
+    def resume(self) -> None:
+        directory = self.checkpoints.resolve(self.config.checkpoint.resume)
+        if directory is None:
+            return
+        saved_hash = self.state.config_hash
+        self.state = self.checkpoints.load(self.engine, directory)
+        if self.state.config_hash != saved_hash:
+            log.warning("resuming %s with a changed configuration (hash %s, now %s)", directory,
+                        self.state.config_hash, saved_hash)
+            self.state.config_hash = saved_hash
+        self.train_loader.load_state_dict(self.state.stream)
+        log.info("resumed from %s at step %d (epoch %d, position %d)", directory, self.state.step,
+                 self.state.epoch, self.state.stream.get("position", 0))
+
+    def fit(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        config_dict = to_dict(self.config, redact=True)
+        if self.world.is_main:
+            (self.run_dir / "config.resolved.json").write_text(json.dumps(config_dict, indent=1))
+        self.tracker = make_tracker(self.world.is_main, self.run_dir, self.config.tracking, config_dict, self.total_steps)
+        try:
+            return self.run()
+        finally:
+            self.tracker.close()
+
+    def run(self) -> dict[str, Any]:
+        before = self.run_eval() if self.config.eval.at_start and self.state.step == 0 else {}
+        last_batch: Batch | None = None
+        while self.state.step < self.total_steps:
+            self.train_loader.set_epoch(self.state.epoch)
+            for batch in self.train_loader:
+                last_batch = self.micro_step(batch, last_batch)
+                if self.state.step >= self.total_steps:
+                    break
+            else:
+                self.state.epoch += 1
+        after = self.run_eval()
+        checkpoint = self.save(after)
+        return self.summary(before, after, checkpoint)
+
+    def micro_step(self, batch: Batch, last_batch: Batch | None) -> Batch:
+        self.state.dropped_samples += len(batch.dropped)
+        usable = batch if len(batch) else last_batch
+        if usable is None:
+            raise RuntimeError(f"rank {self.world.rank}: first batch is empty (dropped as longer than "
+                               f"model.max_length={self.config.model.max_length}: {batch.dropped})")
+        loss = self.engine(**move(usable.inputs, self.engine.device, dtype_of(self.engine.module))).loss
+        if not len(batch):
+            loss = loss * 0.0
+        loss = self.inject_fault(loss)
+        if not self.all_finite(loss):
+            return usable
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(loss)
+        self.engine.step()
+        self.accumulate(loss, batch)
+        if boundary:
+            self.after_optimizer_step()
+        return usable
+
+    def inject_fault(self, loss: torch.Tensor) -> torch.Tensor:
+        """Testing aid: `train.fault_nan_micro_steps` turns those micro-steps' losses into NaN."""
+        self.micro_steps += 1
+        if self.micro_steps in self.config.train.fault_nan_micro_steps:
+            return loss * float("nan")
+        return loss
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """Every rank agrees: a non-finite loss anywhere skips the micro-step everywhere."""
+        flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=self.engine.device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() == 0:
+            self.state.bad_steps = 0
+            return True
+        self.state.bad_steps += 1
+        self.state.skipped_steps += 1
+        log.warning("non-finite loss at micro-step %d: skipped (%d in a row)", self.micro_steps, self.state.bad_steps)
+        if self.state.bad_steps >= self.config.train.max_bad_steps:
+            raise NonFiniteLossError(f"{self.state.bad_steps} non-finite losses in a row (train.max_bad_steps="
+                                     f"{self.config.train.max_bad_steps}); last good checkpoint: "
+                                     f"{self.checkpoints.latest_tag() or 'none'}")
+        return False
+
+    def accumulate(self, loss: torch.Tensor, batch: Batch) -> None:
+        self.window["loss"] += float(loss.detach())
+        self.window["micro"] += 1
+        self.window["tokens"] += batch.num_tokens
+        self.window["samples"] += len(batch)
+
+    def after_optimizer_step(self) -> None:
+        self.state.step += 1
+        window, self.window = self.window, new_window()
+        self.state.stream = self.train_loader.state_dict()
+        if self.state.step % self.config.train.log_every == 0 or self.state.step == self.total_steps:
+            self.tracker.log(self.step_metrics(window), self.state.step)
+        every_eval = self.config.eval.every_steps
+        metrics = self.run_eval() if every_eval and self.state.step % every_eval == 0 and self.state.step < self.total_steps else {}
+        every_save = self.config.checkpoint.every_steps
+        if every_save and self.state.step % every_save == 0 and self.state.step < self.total_steps:
+            self.save(metrics)
+
+    def step_metrics(self, window: dict[str, Any]) -> dict[str, float]:
+        totals = torch.tensor([window["loss"] / window["micro"], window["tokens"], window["samples"]],
+                              dtype=torch.float64, device=self.engine.device)
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        elapsed = time.perf_counter() - window["started"]
+        metrics = {
+            "train/loss": float(totals[0]) / self.world.world_size,
+            "train/lr": self.engine.get_lr()[0],
+            "train/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            "train/epoch": self.state.epoch,
+            "train/skipped_steps": self.state.skipped_steps,
+            "train/dropped_samples": self.state.dropped_samples,
+            "perf/step_time_s": elapsed,
+            "perf/tokens_per_s": float(totals[1]) / elapsed,
+            "perf/samples_per_s": float(totals[2]) / elapsed,
+        }
+        metrics.update(memory_metrics())
+        return metrics
+
+    def run_eval(self) -> dict[str, float]:
+        if self.val_loader is None:
+            return {}
+        self.val_loader.set_epoch(0)
+        self.val_loader.stream.position = 0
+        synced = self.zero_stage == 3 and self.world.world_size > 1
+        metrics = evaluate(self.engine, self.val_loader, self.processor.tokenizer, self.config.eval.max_batches,
+                           self.config.eval.max_new_tokens, synced, keep_train_mode=self.config.quant.load_in_4bit)
+        self.tracker.log(metrics, self.state.step)
+        self.state.metrics = metrics
+        return metrics
+
+    def save(self, metrics: dict[str, float]) -> Path:
+        self.state.metrics = metrics or self.state.metrics
+        self.state.stream = self.train_loader.state_dict()
+        saver = (lambda directory: save_adapter(self.engine.module, directory, self.world.rank)) if self.config.lora.enabled else None
+        return self.checkpoints.save(self.engine, self.state, saver)
+
+    def summary(self, before: dict[str, float], after: dict[str, float], checkpoint: Path) -> dict[str, Any]:
+        summary = {
+            "steps": self.state.step,
+            "world_size": self.world.world_size,
+            "zero_stage": self.zero_stage,
+            "checkpoint": str(checkpoint),
+            "base_model": self.config.model.path,
+            "skipped_steps": self.state.skipped_steps,
+            "dropped_samples": self.state.dropped_samples,
+            "accuracy_before": before.get("eval/accuracy"),
+            "accuracy_after": after.get("eval/accuracy"),
+            "eval_loss_after": after.get("eval/loss"),
+        }
+        if self.world.is_main:
+            (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+            self.tracker.summary(summary)
+        return summary
+
+
+def new_window() -> dict[str, Any]:
+    """Sums over the micro-steps of one optimizer step, for its metrics line."""
+    return {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0, "started": time.perf_counter()}
+
+
+def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    opt = config.optimizer
+    kwargs = dict(lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
+    if config.deepspeed.offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def memory_metrics() -> dict[str, float]:
+    if torch.cuda.is_available():
+        return {"memory/max_allocated_gib": torch.cuda.max_memory_allocated() / 2**30}
+    import resource
+
+    return {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
