@@ -10,7 +10,7 @@ export DS_ACCELERATOR := cpu
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo data-demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -23,10 +23,13 @@ $(STAMP): setup.py $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: setup
-	rm -rf runs/demo
-	$(PY) -m data_shards synth --format llava --out runs/demo/raw --n 400 --defects
-	$(PY) -m data_shards build --input runs/demo/raw/data.json --out runs/demo/shards --split train=0.9,val=0.1 --seed 0 --shard-samples 100
-	$(PY) -m data_shards inspect runs/demo/shards --contact-sheet runs/demo/contact_sheet.png
+	OMP_NUM_THREADS=1 $(PY) launch/demo.py
+
+data-demo: setup
+	rm -rf runs/data-demo
+	$(PY) -m data_shards synth --format llava --out runs/data-demo/raw --n 400 --defects
+	$(PY) -m data_shards build --input runs/data-demo/raw/data.json --out runs/data-demo/shards --split train=0.9,val=0.1 --seed 0 --shard-samples 100
+	$(PY) -m data_shards inspect runs/data-demo/shards --contact-sheet runs/data-demo/contact_sheet.png
 
 test: setup
 	$(PY) -m pytest -q
