@@ -54,6 +54,7 @@ class TrainSection:
     max_bad_steps: int = option(3, help="consecutive NaN/Inf losses before the run aborts (the last good checkpoint stays)")
     log_every: int = option(1, help="steps between metric lines")
     fault_nan_micro_steps: list[int] = option(factory=list, help="testing aid: make the loss NaN at these micro-steps (1-based)")
+    fault_exit_step: int = option(0, help="testing aid: every rank dies (os._exit) right after this optimizer step")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from datetime import timedelta
@@ -33,6 +34,7 @@ from trainer.schedule import build_scheduler
 from trainer.tracking import make_tracker
 
 log = logging.getLogger("shardtune")
+FAULT_EXIT_CODE = 75
 
 
 class NonFiniteLossError(RuntimeError):
@@ -218,6 +220,10 @@ class Trainer:
         every_save = self.config.checkpoint.every_steps
         if every_save and self.state.step % every_save == 0 and self.state.step < self.total_steps:
             self.save(metrics)
+        if self.state.step == self.config.train.fault_exit_step:
+            log.warning("train.fault_exit_step=%d: dying now, as a killed job would", self.state.step)
+            logging.shutdown()
+            os._exit(FAULT_EXIT_CODE)
 
     def step_metrics(self, window: dict[str, Any]) -> dict[str, float]:
         totals = torch.tensor([window["loss"] / window["micro"], window["tokens"], window["samples"]],

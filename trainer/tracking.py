@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def start_wandb(run_dir: Path, section: TrackingSection, config: dict[str, Any])
     if section.api_key and not os.environ.get("WANDB_API_KEY"):
         os.environ["WANDB_API_KEY"] = section.api_key
     id_file = run_dir / WANDB_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(8)
     id_file.write_text(run_id)
     return wandb.init(
         mode=section.wandb,

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny LLaVA and small colour-task shards, built once per test session."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    from trainer.tiny import build_tiny_model
+
+    return build_tiny_model("llava", tmp_path_factory.mktemp("models") / "tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def color_shards(tmp_path_factory) -> Path:
+    from data_shards.build import BuildConfig, build
+    from data_shards.split import SplitSpec
+    from data_shards.synthetic import make_dataset
+    from data_shards.write import ShardLayout
+
+    root = tmp_path_factory.mktemp("color")
+    dataset = make_dataset("llava", root / "raw", n=320, seed=0, task="color")
+    build(BuildConfig(input=dataset.input, out=root / "shards", image_root=dataset.image_root,
+                      split=SplitSpec.parse("train=0.9,val=0.1"), layout=ShardLayout(max_samples=50),
+                      workers=0, progress=False))
+    return root / "shards"
+
+
+def training_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
+            "WANDB_SILENT": "true"}
+
+
+def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run launch/train.py for real under the deepspeed launcher, torchrun, or plain python."""
+    from trainer.distributed import free_port
+
+    script = [str(ROOT / "launch/train.py"), "--config", str(ROOT / "configs/demo.yaml"), *overrides]
+    if launcher == "deepspeed":
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+                   "--master_port", str(free_port()), *script]
+    elif launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                   "--master_port", str(free_port()), *script]
+    else:
+        command = [sys.executable, *script]
+    return subprocess.run(command, cwd=ROOT, env=training_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """step → loss, the last logged value winning (a resumed run re-logs the steps after its checkpoint)."""
+    return {m["step"]: m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m}

@@ -1,0 +1,85 @@
+"""Real DeepSpeed runs with 2 CPU ranks (gloo): ZeRO-2 and ZeRO-3 LoRA, exact resume, NaN policy, W&B offline."""
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import ROOT, launch_training, read_metrics, train_losses
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
+
+def overrides(tiny_llava: Path, shards: Path, run_dir: Path, *extra: str, val: bool = False) -> list[str]:
+    return [f"model.path={tiny_llava}", f"data.train={shards / 'train'}", f"data.val={shards / 'val' if val else ''}",
+            f"train.output_dir={run_dir}", "train.micro_batch_size=4", "train.log_every=1", "data.num_workers=1",
+            "eval.at_start=false", *extra]
+
+
+def check(result) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+def test_lora_loss_falls_and_adapter_is_complete(tiny_llava, color_shards, tmp_path, zero):
+    run = tmp_path / f"zero{zero}"
+    check(launch_training("deepspeed", 2, overrides(
+        tiny_llava, color_shards, run, f"deepspeed.config={ROOT}/configs/deepspeed/zero{zero}.json",
+        "train.max_steps=40", "tracking.wandb=offline")))
+    losses = list(train_losses(run).values())
+    assert len(losses) == 40
+    assert mean(losses[-5:]) < 0.5 * mean(losses[:5])
+    checkpoint = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    adapter = load_file(checkpoint / "adapter" / "adapter_model.safetensors")
+    lora = {k: v for k, v in adapter.items() if "lora_" in k}
+    assert lora and all(v.numel() > 0 for v in adapter.values())
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in lora.items())  # trained, not the zero init
+    assert any("multi_modal_projector" in k for k in adapter)  # modules_to_save carried
+    assert json.loads((checkpoint / "adapter" / "adapter_config.json").read_text())["r"] == 16
+    assert len(list((run / "wandb").glob("offline-run-*/run-*.wandb"))) == 1  # rank 0 only
+
+
+def test_resume_after_kill_gives_the_same_losses(tiny_llava, color_shards, tmp_path):
+    common = ["train.max_steps=16", "checkpoint.every_steps=8", "data.num_workers=2"]
+    whole = tmp_path / "whole"
+    check(launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, whole, *common)))
+    broken = tmp_path / "broken"
+    killed = launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, broken, *common, "train.fault_exit_step=11"))
+    assert killed.returncode != 0
+    assert (broken / "checkpoints" / "latest").read_text().strip() == "step00000008"
+    check(launch_training("torchrun", 2, overrides(tiny_llava, color_shards, broken, *common, "checkpoint.resume=auto")))
+    expected, resumed = train_losses(whole), train_losses(broken)
+    assert sorted(resumed) == list(range(1, 17))
+    assert [resumed[s] for s in range(9, 17)] == [expected[s] for s in range(9, 17)]
+
+
+def test_nan_loss_is_skipped_then_aborts_keeping_the_last_checkpoint(tiny_llava, color_shards, tmp_path):
+    skipped = tmp_path / "skip"
+    check(launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, skipped, "train.max_steps=6",
+                                                    "train.fault_nan_micro_steps=[3]")))
+    summary = json.loads((skipped / "train_summary.json").read_text())
+    assert summary["skipped_steps"] == 1 and summary["steps"] == 6
+    aborted = tmp_path / "abort"
+    result = launch_training("deepspeed", 2, overrides(
+        tiny_llava, color_shards, aborted, "train.max_steps=10", "checkpoint.every_steps=2",
+        "train.max_bad_steps=3", "train.fault_nan_micro_steps=[5,6,7]"))
+    assert result.returncode != 0
+    assert "3 non-finite losses in a row" in result.stderr and "step00000004" in result.stderr
+    assert (aborted / "checkpoints" / "latest").read_text().strip() == "step00000004"
+    assert (aborted / "checkpoints" / "step00000004" / "complete").exists()
+
+
+def test_single_process_run_evaluates_and_learns(tiny_llava, color_shards, tmp_path):
+    run = tmp_path / "single"
+    check(launch_training("python", 1, overrides(tiny_llava, color_shards, run, "train.max_steps=60",
+                                                 "eval.at_start=true", "train.micro_batch_size=8", val=True)))
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["accuracy_before"] < 0.3
+    assert summary["accuracy_after"] >= 0.9
+    evals = [m for m in read_metrics(run) if "eval/accuracy" in m]
+    assert [m["step"] for m in evals] == [0, 60]
