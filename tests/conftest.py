@@ -37,11 +37,12 @@ def training_env() -> dict[str, str]:
             "WANDB_SILENT": "true"}
 
 
-def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: int = 300,
+                    recipe: Path = ROOT / "configs/demo.yaml") -> subprocess.CompletedProcess:
     """Run launch/train.py for real under the deepspeed launcher, torchrun, or plain python."""
     from trainer.distributed import free_port
 
-    script = [str(ROOT / "launch/train.py"), "--config", str(ROOT / "configs/demo.yaml"), *overrides]
+    script = [str(ROOT / "launch/train.py"), "--config", str(recipe), *overrides]
     if launcher == "deepspeed":
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
                    "--master_port", str(free_port()), *script]

@@ -83,7 +83,8 @@ def quantization_config(config: TrainConfig, parts_hint: list[str]):
 def load_base_model(config: TrainConfig, device: torch.device) -> nn.Module:
     """from_pretrained with dtype and attention; sdpa falls back to eager for models without it."""
     attention = choose_attention(config.model.attention)
-    skip = [*VISION_NAMES, *PROJECTOR_NAMES, "lm_head"]
+    # transformers matches these from the start of a module's full name, as regular expressions
+    skip = [rf"(?:.*\.)?{name}" for name in (*VISION_NAMES, *PROJECTOR_NAMES)] + ["lm_head"]
     kwargs = dict(dtype=DTYPES[config.model.dtype], quantization_config=quantization_config(config, skip))
     if config.quant.load_in_4bit:
         kwargs["device_map"] = {"": device}
