@@ -1,8 +1,9 @@
 """The build pipeline: read → check (parallel) → dedupe → split → write shards (parallel) → report.
 
-Images are decoded twice: once to check them (keeping only what was learnt, never the pixels,
-so memory stays flat on large datasets) and once when their shard is written. Clean images pass
-through as their original bytes, so the second pass costs a read, not a decode.
+Images are prepared twice: once to check them (keeping only what was learnt, never the pixels,
+so memory stays flat on large datasets, and the split can be planned from the whole dataset) and
+again when their shard is written, in parallel per shard. That doubles the decode work of a build,
+the price of not holding a dataset's images in memory or in a temporary copy.
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+
 SCHEMA_VERSION = 1
 IMAGE_TOKEN = "<image>"
 ROLES = ("system", "user", "assistant")
@@ -43,8 +45,6 @@ class ImageData:
 
     def decode(self):
         if self._pil is None:
-            from PIL import Image
-
             image = Image.open(io.BytesIO(self.data))
             image.load()
             self._pil = image if image.mode == "RGB" else image.convert("RGB")

@@ -209,20 +209,21 @@ class ShardReader:
     handles: dict[int, Any] = field(default_factory=dict)
 
     def read(self, shard_ids: np.ndarray, sample_ids: np.ndarray) -> Iterator[Sample | Skipped]:
-        fetched: dict[tuple[int, int], Sample | Skipped] = {}
+        """Fetch a chunk's raw bytes shard by shard (sequential reads), then decode each sample as it is
+        yielded, so only one decoded sample is alive at a time."""
+        fetched: dict[tuple[int, int], dict[str, bytes] | Exception | None] = {}
         for shard_id in np.unique(shard_ids):
             wanted = sorted(set(sample_ids[shard_ids == shard_id].tolist()))
-            fetched.update(self.fetch(int(shard_id), wanted))
+            fetched.update({(int(shard_id), s): raw for s, raw in self.fetch(int(shard_id), wanted).items()})
         for shard_id, sample_id in zip(shard_ids.tolist(), sample_ids.tolist()):
-            yield fetched[(shard_id, sample_id)]
+            yield self.decode(self.shards[shard_id], sample_id, fetched.get((shard_id, sample_id)))
 
-    def fetch(self, shard_id: int, wanted: list[int]) -> dict[tuple[int, int], Sample | Skipped]:
+    def fetch(self, shard_id: int, wanted: list[int]) -> dict[int, dict[str, bytes] | Exception]:
         shard = self.shards[shard_id]
         try:
-            raw = self.scan_pipe(shard, wanted) if shard.is_pipe else self.seek_local(shard_id, wanted)
+            return self.scan_pipe(shard, wanted) if shard.is_pipe else self.seek_local(shard_id, wanted)
         except (CorruptShardError, OSError, subprocess.SubprocessError) as error:
-            raw = {sample: error for sample in wanted}
-        return {(shard_id, sample): self.decode(shard, sample, raw.get(sample)) for sample in wanted}
+            return {sample: error for sample in wanted}
 
     def seek_local(self, shard_id: int, wanted: list[int]) -> dict[int, dict[str, bytes] | Exception]:
         shard = self.shards[shard_id]

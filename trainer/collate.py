@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from data_shards.sample import IMAGE_TOKEN, Sample
@@ -27,10 +28,8 @@ class Batch:
     inputs: dict[str, torch.Tensor]
     keys: list[str]
     dropped: list[str] = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.inputs["attention_mask"].sum()) if self.keys else 0
+    num_tokens: int = 0
+    num_slots: int = 0
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -63,11 +62,13 @@ def last_assistant(sample: Sample) -> int:
 class Collator:
     """Picklable (runs in DataLoader workers): holds the processor and the per-image token check."""
 
-    def __init__(self, processor, max_length: int, image_token_id: int | None, tokens_per_image=None):
+    def __init__(self, processor, max_length: int, image_token_id: int | None, tokens_per_image=None,
+                 packing: bool = False):
         self.processor = processor
         self.max_length = max_length
         self.image_token_id = image_token_id
         self.tokens_per_image = tokens_per_image
+        self.packing = packing
 
     def encode(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         return self.processor.apply_chat_template(
@@ -87,7 +88,12 @@ class Collator:
                 encoded = self.encode(kept) if kept else None
         if encoded is None:
             return Batch({}, [], dropped)
-        return Batch(self.finish(encoded, kept), [s.key for s in kept], dropped)
+        inputs = self.finish(encoded, kept)
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        if self.packing:
+            inputs = pack(inputs, lengths, self.max_length, self.processor.tokenizer.pad_token_id)
+        slots = inputs["input_ids"].numel()
+        return Batch(inputs, [s.key for s in kept], dropped, int(sum(lengths)), slots)
 
     def finish(self, encoded: dict[str, torch.Tensor], samples: list[Sample]) -> dict[str, torch.Tensor]:
         mask = encoded.pop("assistant_masks").bool() & encoded["attention_mask"].bool()
@@ -108,6 +114,57 @@ class Collator:
             if have != want:
                 raise BatchError(f"sample {sample.key!r}: {have} image tokens in the text but its "
                                  f"{len(sample.images)} images give {want} features")
+
+
+PER_TOKEN = ("input_ids", "attention_mask", "labels")
+
+
+def balanced_rows(lengths: list[int], max_length: int) -> list[list[int]]:
+    """Consecutive samples (order kept, so images stay in order) cut into the fewest rows that fit
+    `max_length`, with cut points near equal shares so rows are alike in length (little padding)."""
+    total = sum(lengths)
+    cumulative = np.cumsum(lengths)
+    for count in range(max(1, -(-total // max_length)), len(lengths) + 1):
+        cuts = sorted({int(np.abs(cumulative - total * k / count).argmin()) + 1 for k in range(1, count)})
+        bounds = [0, *cuts, len(lengths)]
+        rows = [list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a]
+        if all(sum(lengths[i] for i in row) <= max_length for row in rows):
+            return rows
+    return [[index] for index in range(len(lengths))]
+
+
+def pack(inputs: dict[str, torch.Tensor], lengths: list[int], max_length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Several samples per row, no attention mask: position ids restart at each sample, which the model's
+    attention turns into a block-diagonal causal mask (sdpa, eager) or variable-length kernels (flash).
+    transformers detects this only without a KV cache: forward with `use_cache=False`."""
+    unknown = [k for k, v in inputs.items() if k not in PER_TOKEN and v.dim() >= 2 and v.shape[:2] == inputs["input_ids"].shape]
+    if unknown:
+        raise BatchError(f"cannot pack: per-token inputs {unknown} have no packed form (set data.packing=false)")
+    rows = balanced_rows(lengths, max_length)
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=inputs["input_ids"].dtype)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=inputs["labels"].dtype)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, members in enumerate(rows):
+        offset = 0
+        for index in members:
+            real = inputs["attention_mask"][index].bool()
+            input_ids[row, offset:offset + lengths[index]] = inputs["input_ids"][index][real]
+            labels[row, offset:offset + lengths[index]] = inputs["labels"][index][real]
+            positions[row, offset:offset + lengths[index]] = torch.arange(lengths[index])
+            offset += lengths[index]
+        positions[row, offset:] = torch.arange(width - offset)
+    rest = {k: v for k, v in inputs.items() if k not in PER_TOKEN}
+    return {**rest, "input_ids": input_ids, "labels": labels, "position_ids": positions}
+
+
+def packing_problem(model_config) -> str | None:
+    """Why packing cannot work for this model, or None: 3-D multimodal rotary positions cannot restart per sample."""
+    text = getattr(model_config, "text_config", model_config)
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and "mrope_section" in rope:
+        return f"{model_config.model_type} uses multimodal rotary positions (mrope); set data.packing=false"
+    return None
 
 
 @dataclass

@@ -23,9 +23,9 @@ import torch.distributed as dist
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig
 from trainer import ds_config
 from trainer.checkpoint import CheckpointManager, TrainerState, config_hash, save_adapter
-from trainer.collate import Batch, Collator, token_check_for
+from trainer.collate import Batch, Collator, packing_problem, token_check_for
 from trainer.config import TrainConfig
-from trainer.conftools import to_dict
+from trainer.conftools import ConfigError, to_dict
 from trainer.distributed import WorldInfo, export_env
 from trainer.evaluation import EvalCollator, dtype_of, evaluate, move
 from trainer.model import parameter_groups, prepare_model
@@ -75,7 +75,7 @@ class Trainer:
         seed_everything(config.train.seed)
         self.model, self.parts = prepare_model(config, self.device)
         self.processor = load_processor(config.model.path)
-        self.collator = Collator(self.processor, config.model.max_length, *token_check_for(self.model.config))
+        self.collator = make_collator(self.processor, self.model.config, config)
         self.train_loader = self.make_loader(config.data.train, self.collator, shuffle=True)
         self.val_loader = self.make_loader(config.data.val, EvalCollator(self.collator), shuffle=False) if config.data.val else None
         self.total_steps = self.planned_steps()
@@ -165,7 +165,7 @@ class Trainer:
         if usable is None:
             raise RuntimeError(f"rank {self.world.rank}: first batch is empty (dropped as longer than "
                                f"model.max_length={self.config.model.max_length}: {batch.dropped})")
-        loss = self.engine(**move(usable.inputs, self.engine.device, dtype_of(self.engine.module))).loss
+        loss = self.engine(**move(usable.inputs, self.engine.device, dtype_of(self.engine.module)), use_cache=False).loss
         if not len(batch):
             loss = loss * 0.0
         loss = self.inject_fault(loss)
@@ -207,6 +207,7 @@ class Trainer:
         self.window["loss"] += float(loss.detach())
         self.window["micro"] += 1
         self.window["tokens"] += batch.num_tokens
+        self.window["slots"] += batch.num_slots
         self.window["samples"] += len(batch)
 
     def after_optimizer_step(self) -> None:
@@ -226,7 +227,7 @@ class Trainer:
             os._exit(FAULT_EXIT_CODE)
 
     def step_metrics(self, window: dict[str, Any]) -> dict[str, float]:
-        totals = torch.tensor([window["loss"] / window["micro"], window["tokens"], window["samples"]],
+        totals = torch.tensor([window["loss"] / window["micro"], window["tokens"], window["samples"], window["slots"]],
                               dtype=torch.float64, device=self.engine.device)
         if dist.is_initialized():
             dist.all_reduce(totals)
@@ -241,6 +242,7 @@ class Trainer:
             "perf/step_time_s": elapsed,
             "perf/tokens_per_s": float(totals[1]) / elapsed,
             "perf/samples_per_s": float(totals[2]) / elapsed,
+            "perf/nonpad_fraction": float(totals[1] / totals[3]) if totals[3] > 0 else 0.0,
         }
         metrics.update(memory_metrics())
         return metrics
@@ -282,9 +284,17 @@ class Trainer:
         return summary
 
 
+def make_collator(processor, model_config, config: TrainConfig) -> Collator:
+    if config.data.packing:
+        problem = packing_problem(model_config)
+        if problem:
+            raise ConfigError([f"data.packing: {problem}"])
+    return Collator(processor, config.model.max_length, *token_check_for(model_config), packing=config.data.packing)
+
+
 def new_window() -> dict[str, Any]:
     """Sums over the micro-steps of one optimizer step, for its metrics line."""
-    return {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0, "started": time.perf_counter()}
+    return {"loss": 0.0, "micro": 0, "tokens": 0, "slots": 0, "samples": 0, "started": time.perf_counter()}
 
 
 def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:

@@ -74,7 +74,7 @@ def evaluate(engine, loader, tokenizer, max_batches: int, max_new_tokens: int, s
             if not item.batch.keys:
                 continue
             inputs = move(item.batch.inputs, engine.device, dtype_of(module))
-            loss = module(**inputs).loss
+            loss = module(**inputs, use_cache=False).loss
             supervised = int((inputs["labels"] != -100).sum())
             loss_sum += float(loss) * supervised
             token_count += supervised
