@@ -83,3 +83,15 @@ def test_single_process_run_evaluates_and_learns(tiny_llava, color_shards, tmp_p
     assert summary["accuracy_after"] >= 0.9
     evals = [m for m in read_metrics(run) if "eval/accuracy" in m]
     assert [m["step"] for m in evals] == [0, 60]
+
+
+def test_checkpoints_keep_the_last_and_the_best(tiny_llava, color_shards, tmp_path):
+    run = tmp_path / "keep"
+    check(launch_training("python", 1, overrides(
+        tiny_llava, color_shards, run, "train.max_steps=8", "checkpoint.every_steps=2", "eval.every_steps=2",
+        "eval.max_batches=1", "checkpoint.keep_last=1", "checkpoint.best_metric=eval/loss",
+        "checkpoint.best_mode=max", val=True)))  # "best" = highest loss: the first, so it differs from the last
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step*")) == ["step00000002", "step00000008"]
+    assert json.loads((checkpoints / "best.json").read_text())["tag"] == "step00000002"
+    assert (checkpoints / "latest").read_text().strip() == "step00000008"
