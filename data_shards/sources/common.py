@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from data_shards.records import Reject, SourceError
+from data_shards.records import RawSample, Reject, SourceError
 from data_shards.sample import Turn
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -76,6 +76,21 @@ def _iter_jsonl(path: Path, lines: list[str]) -> Iterator[tuple[str, Any] | Reje
         raise SourceError(f"{path}: not JSON or JSONL{where}")
     for item in parsed:
         yield item if isinstance(item, Reject) else (f"{path.name}:{item[0]}", item[1])
+
+
+def read_json_records(path: Path, parse: Callable[[Any, str, str], RawSample]) -> Iterator[RawSample | Reject]:
+    """Each record of a JSON list or JSONL file through `parse(record, origin, fallback_key)`;
+    a ValueError from it becomes a `malformed_record` reject naming the record."""
+    for index, item in enumerate(iter_json_records(path)):
+        if isinstance(item, Reject):
+            yield item
+            continue
+        origin, record = item
+        try:
+            yield parse(record, origin, f"rec{index:07d}")
+        except ValueError as error:
+            key = record.get("id") if isinstance(record, dict) else None
+            yield Reject(None if key is None else str(key), "malformed_record", str(error), origin)
 
 
 def make_turn(role: Any, text: Any) -> Turn:

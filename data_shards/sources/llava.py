@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from data_shards.records import RawSample, Reject
-from data_shards.sources.common import SourceOptions, image_list, iter_json_records, make_turn, record_key
+from data_shards.sources.common import SourceOptions, image_list, make_turn, read_json_records, record_key
 
 NAME = "llava"
 
@@ -19,16 +19,7 @@ def default_image_root(path: Path) -> Path:
 
 
 def read(path: Path, image_root: Path, options: SourceOptions) -> Iterator[RawSample | Reject]:
-    for index, item in enumerate(iter_json_records(path)):
-        if isinstance(item, Reject):
-            yield item
-            continue
-        origin, record = item
-        try:
-            yield parse_record(record, origin, fallback_key=f"rec{index:07d}")
-        except ValueError as error:
-            key = record.get("id") if isinstance(record, dict) else None
-            yield Reject(None if key is None else str(key), "malformed_record", str(error), origin)
+    return read_json_records(path, parse_record)
 
 
 def parse_record(record: Any, origin: str, fallback_key: str) -> RawSample:
