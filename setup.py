@@ -32,6 +32,7 @@ setup(
     entry_points={
         "console_scripts": [
             "shardtune-data=data_shards.cli:main",
+            "shardtune-train=trainer.cli:main",
         ],
     },
 )

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from data_shards.images import ImagePolicy
 from data_shards.records import RawSample, Reject
-from data_shards.report import build_report, write_report
+from data_shards.report import build_report, dataset_stats, write_report
 from data_shards.sources import Source, SourceOptions, open_source
 from data_shards.split import SplitSpec, assign_splits, explicit_groups, image_groups
 from data_shards.validate import CheckedSample, check_sample, materialise
@@ -130,7 +130,7 @@ def write_split(name: str, members: list[CheckedSample], source: Source, config:
     tasks = [(split_dir / shard_name(n), [members[i] for i in r], r.start) for n, r in enumerate(ranges)]
     writer = partial(write_one_shard, image_root=source.image_root, policy=config.policy)
     infos = run_parallel(writer, tasks, config.workers, f"write {name}", config.progress)
-    write_index(split_dir, name, infos, header)
+    write_index(split_dir, name, infos, {**header, "stats": dataset_stats(members)})
     return infos
 
 

@@ -71,6 +71,9 @@ def test_build_contract(llava_dataset, tmp_path):
             assert tar_sample_count(out / split / shard["name"]) == shard["samples"]
             assert hashlib.sha256((out / split / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
         assert index["num_samples"] == sum(s["samples"] for s in index["shards"]) == report["splits"][split]["samples"]
+        assert index["seed"] == 0 and index["source"]["fingerprint"] == report["source"]["fingerprint"]
+        stats = index["stats"]
+        assert stats["images"]["references"] == index["num_samples"] - stats["text"]["text_only_samples"]
     assert report["splits"]["train"]["samples"] + report["splits"]["val"]["samples"] == 31
     assert "read 37 = written 31 + rejected 6" in (out / "report.md").read_text()
 
