@@ -37,6 +37,9 @@ class Batch:
 
 def conversation(sample: Sample, with_answer: bool = True) -> list[dict[str, Any]]:
     """Chat messages with typed parts; each `<image>` placeholder becomes the next image, in order."""
+    if sample.placeholder_count() != len(sample.images):
+        raise BatchError(f"sample {sample.key!r}: {sample.placeholder_count()} {IMAGE_TOKEN} placeholders "
+                         f"for {len(sample.images)} images")
     images = iter(sample.images)
     turns = sample.turns if with_answer else sample.turns[:last_assistant(sample)]
     messages = []

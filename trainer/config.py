@@ -149,6 +149,11 @@ class TrainConfig:
             found.append("train.max_steps / train.epochs: set max_steps > 0 or epochs >= 1")
         if self.optimizer.lr <= 0:
             found.append(f"optimizer.lr: must be positive, got {self.optimizer.lr}")
+        half = {"bf16": "bfloat16", "fp16": "float16"}.get(self.train.precision)
+        if self.quant.load_in_4bit and half and self.model.dtype != half:
+            found.append(f"quant.load_in_4bit with train.precision={self.train.precision}: set model.dtype={half} "
+                         "(DeepSpeed casts the module, which would corrupt 4-bit weights stored as "
+                         f"{self.model.dtype})")
         if self.train.precision == "fp16" and self.model.dtype == "bfloat16":
             found.append("train.precision=fp16 with model.dtype=bfloat16: pick one half-precision type")
         return found

@@ -120,6 +120,14 @@ def lora_targets(model: nn.Module, parts: ModelParts, requested: list[str]) -> l
     return targets
 
 
+def trained_in_full(parts: ModelParts, config: TrainConfig) -> list[str]:
+    """Unfrozen parts besides the language model are trained in full next to the adapters."""
+    names = [] if config.model.freeze_projector else [parts.projector]
+    if not config.model.freeze_vision_tower:
+        names.append(parts.vision)
+    return [name.rsplit(".", 1)[-1] for name in names]
+
+
 def apply_lora(model: nn.Module, parts: ModelParts, config: TrainConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
@@ -128,7 +136,7 @@ def apply_lora(model: nn.Module, parts: ModelParts, config: TrainConfig) -> nn.M
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
         target_modules=lora_targets(model, parts, config.lora.target_modules),
-        modules_to_save=[] if config.model.freeze_projector else [parts.projector.rsplit(".", 1)[-1]],
+        modules_to_save=trained_in_full(parts, config),
     )
     return get_peft_model(model, lora)
 
