@@ -95,3 +95,24 @@ def test_checkpoints_keep_the_last_and_the_best(tiny_llava, color_shards, tmp_pa
     assert sorted(p.name for p in checkpoints.glob("step*")) == ["step00000002", "step00000008"]
     assert json.loads((checkpoints / "best.json").read_text())["tag"] == "step00000002"
     assert (checkpoints / "latest").read_text().strip() == "step00000008"
+
+
+def test_bf16_with_gradient_accumulation(tiny_llava, color_shards, tmp_path):
+    run = tmp_path / "bf16"
+    check(launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, run, "train.max_steps=8",
+                                                    "train.precision=bf16", "model.dtype=bfloat16", "train.grad_accum=2")))
+    steps = [m for m in read_metrics(run) if "train/loss" in m]
+    assert [m["step"] for m in steps] == list(range(1, 9))
+    for metrics in steps:  # one optimizer step = micro batch 4 × accumulation 2 × 2 ranks = 16 samples
+        assert metrics["perf/samples_per_s"] * metrics["perf/step_time_s"] == pytest.approx(16)
+    assert steps[-1]["train/loss"] < steps[0]["train/loss"]
+
+
+def test_zero3_cpu_offload(tiny_llava, color_shards, tmp_path):
+    """ZeRO-3 with optimizer and parameters on the CPU (DeepSpeedCPUAdam; compiled once per machine)."""
+    run = tmp_path / "offload"
+    check(launch_training("python", 1, overrides(tiny_llava, color_shards, run, "train.max_steps=4",
+                                                 f"deepspeed.config={ROOT}/configs/deepspeed/zero3-offload.json"),
+                          timeout=900))
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["zero_stage"] == 3 and summary["steps"] == 4

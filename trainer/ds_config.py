@@ -95,3 +95,8 @@ def auto_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
         elif value == "auto":
             found.append(f"{prefix}{key}")
     return found
+
+
+def offloads_optimizer(resolved: dict[str, Any]) -> bool:
+    offload = resolved.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") not in ("none", None)

@@ -107,12 +107,12 @@ class Trainer:
         import deepspeed
 
         config = self.config
-        groups = parameter_groups(self.model, self.parts, config)
-        optimizer = make_optimizer(groups, config)
-        opt = config.optimizer
-        scheduler = build_scheduler(optimizer, self.total_steps, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
         hidden = getattr(getattr(self.model.config, "text_config", self.model.config), "hidden_size", 1024)
         resolved = ds_config.resolve(config, self.world.world_size, hidden)
+        groups = parameter_groups(self.model, self.parts, config)
+        optimizer = make_optimizer(groups, config, offload=ds_config.offloads_optimizer(resolved))
+        opt = config.optimizer
+        scheduler = build_scheduler(optimizer, self.total_steps, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
         engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=resolved)
         self.zero_stage = resolved["zero_optimization"]["stage"]
@@ -297,10 +297,11 @@ def new_window() -> dict[str, Any]:
     return {"loss": 0.0, "micro": 0, "tokens": 0, "slots": 0, "samples": 0, "started": time.perf_counter()}
 
 
-def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict], config: TrainConfig, offload: bool) -> torch.optim.Optimizer:
+    """AdamW; DeepSpeed's CPU Adam when optimizer state lives on the CPU (ZeRO-Offload requires it)."""
     opt = config.optimizer
     kwargs = dict(lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
-    if config.deepspeed.offload:
+    if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
