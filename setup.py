@@ -33,6 +33,8 @@ setup(
         "console_scripts": [
             "shardtune-data=data_shards.cli:main",
             "shardtune-train=trainer.cli:main",
+            "shardtune-eval=trainer.report_eval:main",
+            "shardtune-predict=trainer.predict:main",
         ],
     },
 )
