@@ -57,6 +57,14 @@ def test_resume_after_kill_gives_the_same_losses(tiny_llava, color_shards, tmp_p
     assert sorted(resumed) == list(range(1, 17))
     assert [resumed[s] for s in range(9, 17)] == [expected[s] for s in range(9, 17)]
 
+    preempted = tmp_path / "preempted"  # a warning signal reaching rank 0 only: both ranks stop after step 5
+    stopped = launch_training("torchrun", 2, overrides(tiny_llava, color_shards, preempted, *common, "train.fault_signal_step=5"))
+    assert stopped.returncode != 0 and "stopped by SIGUSR2 after step 5" in stopped.stderr
+    assert (preempted / "checkpoints" / "latest").read_text().strip() == "step00000005"
+    check(launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, preempted, *common)))
+    resumed = train_losses(preempted)
+    assert [resumed[s] for s in range(6, 17)] == [expected[s] for s in range(6, 17)]
+
 
 def test_nan_loss_is_skipped_then_aborts_keeping_the_last_checkpoint(tiny_llava, color_shards, tmp_path):
     skipped = tmp_path / "skip"

@@ -38,9 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from trainer.engine import Trainer
+    from trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
 
     try:
-        summary = Trainer(config, world).fit()
+        trainer = Trainer(config, world)
+        summary = trainer.fit()
+    except Preempted as stop:
+        print(f"[rank {world.rank}] {stop}", file=sys.stderr, flush=True)
+        trainer.stop.forward(stop.signum)
+        return PREEMPTED_EXIT_CODE
     except Exception:
         print(f"[rank {world.rank}] training failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         logging.shutdown()

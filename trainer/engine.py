@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from trainer.conftools import ConfigError, to_dict
 from trainer.distributed import WorldInfo, export_env
 from trainer.evaluation import EvalCollator, dtype_of, evaluate, move
 from trainer.model import parameter_groups, prepare_model
+from trainer.preemption import Preempted, StopRequest
 from trainer.processor import load_processor
 from trainer.schedule import build_scheduler
 from trainer.tracking import make_tracker
@@ -86,6 +88,8 @@ class Trainer:
         self.tracker = None
         self.micro_steps = 0
         self.window = new_window()
+        self.last_saved = -1
+        self.stop = StopRequest().install()
 
     def make_loader(self, source: str, collate, shuffle: bool) -> ShardLoader:
         data = self.config.data
@@ -221,6 +225,13 @@ class Trainer:
         every_save = self.config.checkpoint.every_steps
         if every_save and self.state.step % every_save == 0 and self.state.step < self.total_steps:
             self.save(metrics)
+        if self.state.step == self.config.train.fault_signal_step and self.world.is_main:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        signum = self.stop.agreed(self.engine.device)
+        if signum:
+            if self.last_saved != self.state.step:
+                self.save(metrics)
+            raise Preempted(signum, self.state.step)
         if self.state.step == self.config.train.fault_exit_step:
             log.warning("train.fault_exit_step=%d: dying now, as a killed job would", self.state.step)
             logging.shutdown()
@@ -263,6 +274,7 @@ class Trainer:
         self.state.metrics = metrics or self.state.metrics
         self.state.stream = self.train_loader.state_dict()
         saver = (lambda directory: save_adapter(self.engine.module, directory, self.world.rank)) if self.config.lora.enabled else None
+        self.last_saved = self.state.step
         return self.checkpoints.save(self.engine, self.state, saver)
 
     def summary(self, before: dict[str, float], after: dict[str, float], checkpoint: Path) -> dict[str, Any]:
