@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data_shards.order import samples_per_rank
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig
 from trainer import ds_config
 from trainer.checkpoint import CheckpointManager, TrainerState, config_hash, save_adapter
@@ -100,12 +101,13 @@ class Trainer:
         return ShardLoader(stream, num_workers=data.num_workers, collate_fn=collate)
 
     def planned_steps(self) -> int:
+        """`train.max_steps`, or the optimizer steps of `train.epochs` whole epochs (equal on every rank)."""
         if self.config.train.max_steps:
             return self.config.train.max_steps
         stream = self.train_loader.stream
-        per_epoch = math.ceil(len(stream) / stream.config.batch_size) if stream.position == 0 else None
-        per_epoch = per_epoch or math.ceil(stream.num_samples / stream.world_size / stream.config.batch_size)
-        return max(1, self.config.train.epochs * per_epoch // self.config.train.grad_accum)
+        per_rank = samples_per_rank(stream.num_samples, 0, stream.world_size, stream.config.remainder)
+        micro_batches = math.ceil(per_rank / stream.config.batch_size)
+        return max(1, self.config.train.epochs * micro_batches // self.config.train.grad_accum)
 
     def make_engine(self):
         import deepspeed
