@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,6 +293,12 @@ class CountingCollate:
         return len(items), len(items) - len(samples), batch
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """SLURM signals every process of a job step: the main process checkpoints; workers must not die first."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 class ShardLoader:
     """The trainer's view: batches for the current epoch, and a position it can save and restore."""
 
@@ -319,6 +326,7 @@ class ShardLoader:
             collate_fn=CountingCollate(self.collate_fn),
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             pin_memory=self.pin_memory,
+            worker_init_fn=ignore_stop_signals,
         )
         start, consumed = self.stream.position, 0
         batches = iter(loader)
