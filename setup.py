@@ -23,6 +23,7 @@ setup(
         "wandb>=0.30",
         "submitit>=1.5",
         "matplotlib>=3.7",
+        "psutil>=5.9",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
@@ -35,6 +36,7 @@ setup(
             "shardtune-train=trainer.cli:main",
             "shardtune-eval=trainer.report_eval:main",
             "shardtune-predict=trainer.predict:main",
+            "shardtune-merge=trainer.export:main",
         ],
     },
 )
