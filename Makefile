@@ -10,7 +10,7 @@ export DS_ACCELERATOR := cpu
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo data-demo test test-fast bench clean
+.PHONY: setup demo data-demo test test-fast bench slurm-up slurm-down clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,13 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/bench_stream.py
+	$(PY) bench/bench_train.py
+
+slurm-up: setup
+	$(PY) -m slurm.localcluster start --dir runs/slurm-cluster
+
+slurm-down: setup
+	$(PY) -m slurm.localcluster stop --dir runs/slurm-cluster
 
 clean:
 	rm -rf runs .pytest_cache
