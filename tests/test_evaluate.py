@@ -225,3 +225,16 @@ def test_untrained_model_chooses_only_in_set_answers(tiny_llava, tmp_path):
     report = evaluate(tmp_path / "mean-eval", "--model", str(tiny_llava), "--input", str(pairs.input), "--choices",
                       ",".join(odd_set), "--per-token", "--limit", "2")
     assert report["num_samples"] == 2 and report["choice_scoring"].startswith("the mean (length-normalised)")
+
+
+@pytest.mark.slow
+def test_qlora_checkpoint_is_evaluated_on_its_4bit_base(tiny_llava, color_shards, tmp_path):
+    run = tmp_path / "qlora"
+    result = launch_training("python", 1, [
+        f"model.path={tiny_llava}", f"data.train={color_shards / 'train'}", f"data.val={color_shards / 'val'}",
+        f"train.output_dir={run}", "train.micro_batch_size=8", "train.max_steps=60", "data.num_workers=0",
+        "quant.load_in_4bit=true", "eval.max_new_tokens=3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = evaluate(tmp_path / "eval", "--checkpoint", str(run), "--shards", str(color_shards / "val"))
+    assert report["model"]["quant"] == "nf4"
+    assert report["accuracy"] == json.loads((run / "train_summary.json").read_text())["accuracy_after"]

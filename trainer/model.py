@@ -64,28 +64,30 @@ def choose_attention(requested: str) -> str:
     return "sdpa"
 
 
-def quantization_config(config: TrainConfig, parts_hint: list[str]):
-    if not config.quant.load_in_4bit:
-        return None
+def four_bit_config(quant_type: str, double_quant: bool, dtype: torch.dtype):
+    """bitsandbytes 4-bit for the language model; vision tower, projector and head stay unquantised.
+    Storage in the compute dtype, so ZeRO-3 can partition the packed weights like any other tensor."""
     from transformers import BitsAndBytesConfig
 
-    dtype = DTYPES[config.model.dtype]
+    # transformers matches these from the start of a module's full name, as regular expressions
+    skip = [rf"(?:.*\.)?{name}" for name in (*VISION_NAMES, *PROJECTOR_NAMES)] + ["lm_head"]
     return BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_quant_type=config.quant.quant_type,
-        bnb_4bit_use_double_quant=config.quant.double_quant,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=dtype,
         bnb_4bit_quant_storage=dtype,
-        llm_int8_skip_modules=parts_hint,
+        llm_int8_skip_modules=skip,
     )
 
 
 def load_base_model(config: TrainConfig, device: torch.device) -> nn.Module:
     """from_pretrained with dtype and attention; sdpa falls back to eager for models without it."""
     attention = choose_attention(config.model.attention)
-    # transformers matches these from the start of a module's full name, as regular expressions
-    skip = [rf"(?:.*\.)?{name}" for name in (*VISION_NAMES, *PROJECTOR_NAMES)] + ["lm_head"]
-    kwargs = dict(dtype=DTYPES[config.model.dtype], quantization_config=quantization_config(config, skip))
+    dtype = DTYPES[config.model.dtype]
+    quant = config.quant
+    kwargs = dict(dtype=dtype, quantization_config=four_bit_config(quant.quant_type, quant.double_quant, dtype)
+                  if quant.load_in_4bit else None)
     if config.quant.load_in_4bit:
         kwargs["device_map"] = {"": device}
     try:

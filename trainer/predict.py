@@ -27,7 +27,7 @@ from data_shards.sample import IMAGE_TOKEN, ImageData, Sample, Turn
 from trainer.checkpoint import LATEST
 from trainer.collate import IGNORE_INDEX, Batch, Collator, conversation, token_check_for
 from trainer.evaluation import EvalBatch, dtype_of, generate, move
-from trainer.model import DTYPES
+from trainer.model import DTYPES, four_bit_config
 from trainer.processor import load_processor
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -45,9 +45,11 @@ class ModelSource:
     model: str
     adapter: Path | None = None
     dtype: str = "auto"
+    quant: dict | None = None
 
     def describe(self) -> dict[str, str | None]:
-        return {"model": self.model, "adapter": str(self.adapter) if self.adapter else None, "dtype": self.dtype}
+        return {"model": self.model, "adapter": str(self.adapter) if self.adapter else None, "dtype": self.dtype,
+                "quant": self.quant["quant_type"] if self.quant else None}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +76,8 @@ def source_from_args(args: argparse.Namespace) -> ModelSource:
     if not base:
         raise UsageError(f"--checkpoint {args.checkpoint}: no base model recorded; pass --base")
     dtype = args.dtype if args.dtype != "auto" else run_config.get("model", {}).get("dtype", "auto")
-    return ModelSource(base, adapter, dtype)
+    quant = run_config.get("quant") if run_config.get("quant", {}).get("load_in_4bit") else None
+    return ModelSource(base, adapter, dtype, quant)
 
 
 def find_adapter(path: Path) -> Path:
@@ -108,8 +111,13 @@ def load_model(source: ModelSource, device: torch.device):
     from transformers import AutoModelForImageTextToText
 
     dtype = DTYPES.get(source.dtype, "auto")
+    quantized = {}
+    if source.quant:  # a QLoRA adapter runs on the 4-bit base it was trained against
+        compute = dtype if isinstance(dtype, torch.dtype) else torch.float32
+        quantized = {"quantization_config": four_bit_config(source.quant["quant_type"], source.quant["double_quant"],
+                                                            compute), "device_map": {"": device}}
     try:
-        model = AutoModelForImageTextToText.from_pretrained(source.model, dtype=dtype)
+        model = AutoModelForImageTextToText.from_pretrained(source.model, dtype=dtype, **quantized)
         processor = load_processor(source.model)
     except OSError as error:
         local = "" if Path(source.model).exists() else "no such folder; as a hub id: "
@@ -117,7 +125,7 @@ def load_model(source: ModelSource, device: torch.device):
         raise UsageError(f"cannot load model {source.model}: {local}{first_line(error)}{hint}") from None
     if source.adapter is not None:
         model = PeftModel.from_pretrained(model, str(source.adapter))
-    return model.to(device).eval(), processor
+    return (model if source.quant else model.to(device)).eval(), processor
 
 
 def first_line(error: Exception) -> str:
