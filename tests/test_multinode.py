@@ -19,19 +19,24 @@ def train_args(tiny_llava, shards, run_dir):
             "train.micro_batch_size=4", "data.num_workers=0", "eval.at_start=false"]
 
 
-def test_torchrun_rendezvous_two_nodes_one_rank_each(tiny_llava, color_shards, tmp_path):
-    endpoint = f"127.0.0.1:{free_port()}"
+def run_two_nodes(node_command, tiny_llava, color_shards, run_dir) -> None:
+    """Start both "nodes" at once, wait for them, and check they trained together as one world of 2."""
     nodes = [
-        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-                          "--node_rank", str(rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
-                          "--rdzv_id", "shardtune-test", *train_args(tiny_llava, color_shards, tmp_path / "run")],
+        subprocess.Popen([*node_command(rank), *train_args(tiny_llava, color_shards, run_dir)],
                          cwd=ROOT, env=training_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for rank in range(2)
     ]
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
-    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 6
+
+
+def test_torchrun_rendezvous_two_nodes_one_rank_each(tiny_llava, color_shards, tmp_path):
+    endpoint = f"127.0.0.1:{free_port()}"
+    run_two_nodes(lambda rank: [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
+                                "1", "--node_rank", str(rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
+                                "--rdzv_id", "shardtune-test"], tiny_llava, color_shards, tmp_path / "run")
 
 
 def test_deepspeed_per_node_launcher_two_nodes(tiny_llava, color_shards, tmp_path):
@@ -39,14 +44,6 @@ def test_deepspeed_per_node_launcher_two_nodes(tiny_llava, color_shards, tmp_pat
     with the hostfile's world info and the node's rank; two such processes make a 2-node job."""
     world_info = base64.urlsafe_b64encode(json.dumps({"node0": [0], "node1": [0]}).encode()).decode()
     port = str(free_port())
-    nodes = [
-        subprocess.Popen([sys.executable, "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
-                          f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
-                          *train_args(tiny_llava, color_shards, tmp_path / "run")],
-                         cwd=ROOT, env=training_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for rank in range(2)
-    ]
-    outputs = [node.communicate(timeout=300) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
-    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 6
+    run_two_nodes(lambda rank: [sys.executable, "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
+                                f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}"],
+                  tiny_llava, color_shards, tmp_path / "run")
