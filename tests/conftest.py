@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny LLaVA and small colour-task shards, built once per test session."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def training_env() -> dict[str, str]:
 
 
 def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: int = 300,
-                    recipe: Path = ROOT / "configs/demo.yaml") -> subprocess.CompletedProcess:
+                    recipe: Path = ROOT / "configs/demo.yaml", env: dict | None = None) -> subprocess.CompletedProcess:
     """Run launch/train.py for real under the deepspeed launcher, torchrun, or plain python."""
     from trainer.distributed import free_port
 
@@ -51,7 +52,24 @@ def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: in
                    "--master_port", str(free_port()), *script]
     else:
         command = [sys.executable, *script]
-    return subprocess.run(command, cwd=ROOT, env=training_env(), capture_output=True, text=True, timeout=timeout)
+    return run_process_group(command, {**training_env(), **(env or {})}, timeout)
+
+
+def run_process_group(command: list[str], env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+    """Like subprocess.run, but a timeout kills the whole group: ranks, loader workers and compilers alike."""
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{' '.join(command)} ran past {timeout} s\n{stdout[-3000:]}{stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def shm_allreduce_segments() -> set[str]:
+    return {path.name for path in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -3,6 +3,7 @@
 `world_from_env()` reads whichever launcher started us and returns a small typed value;
 `export_env()` writes the canonical RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT
 variables that torch.distributed and DeepSpeed read, so every launcher looks alike afterwards.
+`release_shm_allreduce_buffer()` unlinks the shared-memory segment DeepSpeed's CPU backend never removes.
 """
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 SLURM_PORT_BASE = 20000
 SLURM_PORT_SPAN = 20000
+SHM_ROOT = Path("/dev/shm")
 
 
 @dataclass(frozen=True)
@@ -130,3 +133,23 @@ def export_env(info: WorldInfo, env: dict | None = None) -> None:
         "MASTER_ADDR": info.master_addr,
         "MASTER_PORT": str(info.master_port),
     })
+
+
+def shm_allreduce_buffer(info: WorldInfo, uid: int | None = None) -> Path:
+    """Where DeepSpeed's CPU shared-memory all-reduce keeps this rank's 69 MB workspace (ops/csrc/cpu/comm/shm.cpp)."""
+    uid = os.getuid() if uid is None else uid
+    return SHM_ROOT / f"deepspeed_allreduce_buffer_{uid}_{info.master_addr}_{info.master_port}_{info.rank}"
+
+
+def release_shm_allreduce_buffer(info: WorldInfo) -> bool:
+    """Unlink this rank's segment once every peer has mapped it (call after a barrier that follows init).
+
+    DeepSpeed creates one segment per rank when all ranks share a host and never unlinks it: each run
+    leaked 69 MB per rank into /dev/shm (RAM), and a later run on the same port could map a stale one.
+    The mappings stay valid after unlinking, and the memory is freed when the last rank exits, however it exits.
+    """
+    buffer = shm_allreduce_buffer(info)
+    if not buffer.exists():
+        return False
+    buffer.unlink(missing_ok=True)
+    return True

@@ -28,7 +28,7 @@ from trainer.checkpoint import CheckpointManager, TrainerState, config_hash, sav
 from trainer.collate import Batch, Collator, packing_problem, token_check_for
 from trainer.config import TrainConfig
 from trainer.conftools import ConfigError, to_dict
-from trainer.distributed import WorldInfo, export_env
+from trainer.distributed import WorldInfo, export_env, release_shm_allreduce_buffer
 from trainer.evaluation import EvalCollator, dtype_of, evaluate, move
 from trainer.model import parameter_groups, prepare_model
 from trainer.preemption import Preempted, StopRequest
@@ -56,6 +56,8 @@ def init_distributed(world: WorldInfo, timeout_minutes: int = 30) -> torch.devic
     export_env(world)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    dist.barrier()
+    release_shm_allreduce_buffer(world)
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank)
         return torch.device("cuda", world.local_rank)
