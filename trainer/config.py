@@ -55,7 +55,7 @@ class TrainSection:
     log_every: int = option(1, help="steps between metric lines")
     fault_nan_micro_steps: list[int] = option(factory=list, help="testing aid: make the loss NaN at these micro-steps (1-based)")
     fault_exit_step: int = option(0, help="testing aid: every rank dies (os._exit) right after this optimizer step")
-    fault_signal_step: int = option(0, help="testing aid: rank 0 sends itself SIGUSR2 (a preemption warning) after this step")
+    fault_signal_step: int = option(0, help="testing aid: rank 0 sends itself SIGUSR2 (a preemption warning) during this step")
 
 
 @dataclass

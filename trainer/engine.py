@@ -13,9 +13,10 @@ import os
 import random
 import signal
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -93,6 +94,7 @@ class Trainer:
         self.window = new_window()
         self.last_saved = -1
         self.stop = StopRequest().install()
+        self.stop_signal = 0
 
     def make_loader(self, source: str, collate, shuffle: bool) -> ShardLoader:
         data = self.config.data
@@ -146,7 +148,8 @@ class Trainer:
         config_dict = to_dict(self.config, redact=True)
         if self.world.is_main:
             (self.run_dir / "config.resolved.json").write_text(json.dumps(config_dict, indent=1))
-        self.tracker = make_tracker(self.world.is_main, self.run_dir, self.config.tracking, config_dict, self.total_steps)
+        self.tracker = make_tracker(self.world.is_main, self.run_dir, self.config.tracking, config_dict, self.total_steps,
+                                    fresh=self.state.step == 0)
         try:
             return self.run()
         finally:
@@ -155,6 +158,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         before = self.run_eval() if self.config.eval.at_start and self.state.step == 0 else {}
         last_batch: Batch | None = None
+        self.window = new_window()
         while self.state.step < self.total_steps:
             self.train_loader.set_epoch(self.state.epoch)
             for batch in self.train_loader:
@@ -177,7 +181,7 @@ class Trainer:
         if not len(batch):
             loss = loss * 0.0
         loss = self.inject_fault(loss)
-        if not self.all_finite(loss):
+        if not self.agree(loss):
             return usable
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.backward(loss)
@@ -194,12 +198,18 @@ class Trainer:
             return loss * float("nan")
         return loss
 
-    def all_finite(self, loss: torch.Tensor) -> bool:
-        """Every rank agrees: a non-finite loss anywhere skips the micro-step everywhere."""
-        flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=self.engine.device)
+    def agree(self, loss: torch.Tensor) -> bool:
+        """One all-reduce per micro-step carries all the ranks must agree on: a non-finite loss anywhere
+        skips this micro-step everywhere (returns False), and a stop signal any rank received stops
+        every rank after this optimizer step."""
+        if self.world.is_main and self.state.step + 1 == self.config.train.fault_signal_step:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        finite = bool(torch.isfinite(loss.detach()).all())
+        flags = torch.tensor([0 if finite else 1, self.stop.signum], dtype=torch.int64, device=self.engine.device)
         if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() == 0:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        any_bad, self.stop_signal = flags.tolist()
+        if not any_bad:
             self.state.bad_steps = 0
             return True
         self.state.bad_steps += 1
@@ -220,33 +230,49 @@ class Trainer:
 
     def after_optimizer_step(self) -> None:
         self.state.step += 1
-        window, self.window = self.window, new_window()
-        self.state.stream = self.train_loader.state_dict()
+        self.window["steps"] += 1
         if self.state.step % self.config.train.log_every == 0 or self.state.step == self.total_steps:
-            self.tracker.log(self.step_metrics(window), self.state.step)
+            ended = time.perf_counter()
+            metrics = self.step_metrics(self.window, ended)
+            self.window = new_window(started=ended)
+            self.tracker.log(metrics, self.state.step)
+        with self.paused():
+            self.periodic_eval_and_save()
+        self.handle_stop_and_faults()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent here (evaluation, checkpoints) is left out of the training window's step time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.window["paused"] += time.perf_counter() - start
+
+    def periodic_eval_and_save(self) -> None:
         every_eval = self.config.eval.every_steps
         metrics = self.run_eval() if every_eval and self.state.step % every_eval == 0 and self.state.step < self.total_steps else {}
         every_save = self.config.checkpoint.every_steps
         if every_save and self.state.step % every_save == 0 and self.state.step < self.total_steps:
             self.save(metrics)
-        if self.state.step == self.config.train.fault_signal_step and self.world.is_main:
-            os.kill(os.getpid(), signal.SIGUSR2)
-        signum = self.stop.agreed(self.engine.device)
-        if signum:
+
+    def handle_stop_and_faults(self) -> None:
+        if self.stop_signal:
             if self.last_saved != self.state.step:
-                self.save(metrics)
-            raise Preempted(signum, self.state.step)
+                self.save({})
+            raise Preempted(self.stop_signal, self.state.step)
         if self.state.step == self.config.train.fault_exit_step:
             log.warning("train.fault_exit_step=%d: dying now, as a killed job would", self.state.step)
             logging.shutdown()
             os._exit(FAULT_EXIT_CODE)
 
-    def step_metrics(self, window: dict[str, Any]) -> dict[str, float]:
-        totals = torch.tensor([window["loss"] / window["micro"], window["tokens"], window["samples"], window["slots"]],
-                              dtype=torch.float64, device=self.engine.device)
+    def step_metrics(self, window: dict[str, Any], ended: float) -> dict[str, float]:
+        """Means over the optimizer steps since the last metrics line; one all-reduce per line."""
+        totals = torch.tensor([window["loss"] / max(1, window["micro"]), window["tokens"], window["samples"],
+                               window["slots"]], dtype=torch.float64, device=self.engine.device)
         if dist.is_initialized():
             dist.all_reduce(totals)
-        elapsed = time.perf_counter() - window["started"]
+        elapsed = ended - window["started"] - window["paused"]
         metrics = {
             "train/loss": float(totals[0]) / self.world.world_size,
             "train/lr": self.engine.get_lr()[0],
@@ -254,7 +280,7 @@ class Trainer:
             "train/epoch": self.state.epoch,
             "train/skipped_steps": self.state.skipped_steps,
             "train/dropped_samples": self.state.dropped_samples,
-            "perf/step_time_s": elapsed,
+            "perf/step_time_s": elapsed / window["steps"],
             "perf/tokens_per_s": float(totals[1]) / elapsed,
             "perf/samples_per_s": float(totals[2]) / elapsed,
             "perf/nonpad_fraction": float(totals[1] / totals[3]) if totals[3] > 0 else 0.0,
@@ -308,9 +334,10 @@ def make_collator(processor, model_config, config: TrainConfig) -> Collator:
     return Collator(processor, config.model.max_length, *token_check_for(model_config), packing=config.data.packing)
 
 
-def new_window() -> dict[str, Any]:
-    """Sums over the micro-steps of one optimizer step, for its metrics line."""
-    return {"loss": 0.0, "micro": 0, "tokens": 0, "slots": 0, "samples": 0, "started": time.perf_counter()}
+def new_window(started: float | None = None) -> dict[str, Any]:
+    """Sums over the micro-steps since the last metrics line, for the next one."""
+    return {"loss": 0.0, "micro": 0, "steps": 0, "tokens": 0, "slots": 0, "samples": 0, "paused": 0.0,
+            "started": time.perf_counter() if started is None else started}
 
 
 def make_optimizer(groups: list[dict], config: TrainConfig, offload: bool) -> torch.optim.Optimizer:

@@ -1,8 +1,9 @@
 """Stop cleanly on SLURM's warning signals: every rank agrees, a checkpoint is written, then we exit.
 
 SLURM (and submitit) send SIGUSR2 or SIGTERM some time before a preemption or time limit. The
-handler only records the request; the training loop all-reduces it after each optimizer step, so
-a signal that reaches one rank stops them all at the same step, nobody left in a collective.
+handler only records the request; the training loop all-reduces it with every micro-step's loss check
+(`Trainer.agree`), so a signal that reaches one rank stops them all after the same optimizer step,
+nobody left in a collective.
 After the checkpoint, the previous handler (submitit's, which requeues the job) runs if there was
 one; otherwise the process exits with `PREEMPTED_EXIT_CODE`, which `slurm/train.sbatch` turns into
 `scontrol requeue`.
@@ -12,8 +13,6 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-import torch
-import torch.distributed as dist
 
 PREEMPTED_EXIT_CODE = 85
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
@@ -38,13 +37,6 @@ class StopRequest:
 
     def record(self, signum: int, _frame) -> None:
         self.signum = signum
-
-    def agreed(self, device: torch.device) -> int:
-        """The signal any rank received (0 if none), the same on every rank."""
-        flag = torch.tensor([self.signum], dtype=torch.int64, device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
 
     def forward(self, signum: int) -> None:
         """Hand the signal to whoever handled it before us (submitit requeues there); may not return."""

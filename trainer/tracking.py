@@ -19,12 +19,14 @@ WANDB_ID_FILE = "wandb_run_id.txt"
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, section: TrackingSection, config: dict[str, Any], total_steps: int):
+    def __init__(self, run_dir: Path, section: TrackingSection, config: dict[str, Any], total_steps: int,
+                 fresh: bool = True):
         self.run_dir = run_dir
         self.total_steps = total_steps
         self.started = time.monotonic()
         self.first_step: int | None = None
-        self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        # a fresh run starts the file over; a resumed one continues it
+        self.metrics_file = open(run_dir / "metrics.jsonl", "w" if fresh else "a", encoding="utf-8")
         self.wandb_run = start_wandb(run_dir, section, config) if section.wandb != "disabled" else None
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -68,8 +70,9 @@ class NullTracker:
         pass
 
 
-def make_tracker(is_main: bool, run_dir: Path, section: TrackingSection, config: dict[str, Any], total_steps: int):
-    return Tracker(run_dir, section, config, total_steps) if is_main else NullTracker()
+def make_tracker(is_main: bool, run_dir: Path, section: TrackingSection, config: dict[str, Any], total_steps: int,
+                 fresh: bool = True):
+    return Tracker(run_dir, section, config, total_steps, fresh) if is_main else NullTracker()
 
 
 def to_number(value: Any) -> Any:
