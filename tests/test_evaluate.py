@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -235,6 +236,10 @@ def test_qlora_checkpoint_is_evaluated_on_its_4bit_base(tiny_llava, color_shards
         f"train.output_dir={run}", "train.micro_batch_size=8", "train.max_steps=60", "data.num_workers=0",
         "quant.load_in_4bit=true", "eval.max_new_tokens=3"])
     assert result.returncode == 0, result.stderr[-3000:]
+    expected = json.loads((run / "train_summary.json").read_text())["accuracy_after"]
     report = evaluate(tmp_path / "eval", "--checkpoint", str(run), "--shards", str(color_shards / "val"))
-    assert report["model"]["quant"] == "nf4"
-    assert report["accuracy"] == json.loads((run / "train_summary.json").read_text())["accuracy_after"]
+    assert report["model"]["quant"] == "nf4" and report["accuracy"] == expected
+    bare = tmp_path / "bare-adapter"  # copied out of its run: the run's config travels in the adapter folder
+    shutil.copytree(Path(json.loads((run / "train_summary.json").read_text())["checkpoint"]) / "adapter", bare)
+    report = evaluate(tmp_path / "eval-bare", "--checkpoint", str(bare), "--shards", str(color_shards / "val"))
+    assert report["model"]["quant"] == "nf4" and report["accuracy"] == expected

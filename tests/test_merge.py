@@ -8,6 +8,7 @@ merged QLoRA weights against dequantised 4-bit weights + the LoRA product.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,18 @@ def test_qlora_run_merges_into_the_dequantised_4bit_weights(qlora_run, tiny_llav
     inputs = collate(out, merged.config, val_samples(color_shards)[:4])
     assert (logits(merged, inputs) - logits(reference, inputs)).abs().max() <= FP32_TOLERANCE
     assert val_loss(merged, out, color_shards) == pytest.approx(engine_eval_loss(qlora_run), rel=1e-5)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_qlora_adapter_copied_out_of_its_run_still_merges_as_qlora(qlora_run, tmp_path):
+    checkpoint = qlora_run / "checkpoints" / (qlora_run / "checkpoints" / "latest").read_text().strip()
+    bare = tmp_path / "bare-adapter"
+    shutil.copytree(checkpoint / "adapter", bare)  # the run's config travels in the adapter folder
+    out = tmp_path / "merged"
+    assert merge(bare, out) == EXIT_OK
+    summary = summary_of(out)
+    assert summary["kind"] == "qlora" and summary["passed"] and summary["max_abs_logit_diff"] <= FP32_TOLERANCE
 
 
 # ---------------------------------------------------------------------------------------------- full fine-tuning

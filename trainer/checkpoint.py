@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 log = logging.getLogger("shardtune")
 COMPLETE = "complete"
+ADAPTER_RUN_CONFIG = "config.resolved.json"
 LATEST = "latest"
 BEST = "best.json"
 
@@ -158,8 +159,10 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_adapter(model, directory: Path, rank: int) -> None:
-    """PEFT adapter (LoRA + modules_to_save), gathered from ZeRO-3 partitions first: never empty."""
+def save_adapter(model, directory: Path, rank: int, run_config: dict[str, Any] | None = None) -> None:
+    """PEFT adapter (LoRA + modules_to_save), gathered from ZeRO-3 partitions first: never empty.
+    `run_config` (the redacted resolved config) goes with it as ADAPTER_RUN_CONFIG, so an adapter folder
+    copied out of its run still says how it was trained (a QLoRA adapter needs its 4-bit base)."""
     from peft import get_peft_model_state_dict
 
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -172,6 +175,8 @@ def save_adapter(model, directory: Path, rank: int) -> None:
     if not adapter or empty:
         raise RuntimeError(f"adapter state is empty ({len(adapter)} tensors, empty: {empty[:3]})")
     model.save_pretrained(str(directory), state_dict=state)
+    if run_config is not None:
+        (Path(directory) / ADAPTER_RUN_CONFIG).write_text(json.dumps(run_config, indent=1))
 
 
 def gathered(parameters):

@@ -74,6 +74,7 @@ def configure_logging(is_main: bool) -> None:
 class Trainer:
     def __init__(self, config: TrainConfig, world: WorldInfo):
         self.config = config
+        self.config_dict = to_dict(config, redact=True)
         self.world = world
         self.run_dir = Path(config.train.output_dir)
         self.device = init_distributed(world)
@@ -145,11 +146,10 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
-        config_dict = to_dict(self.config, redact=True)
         if self.world.is_main:
-            (self.run_dir / "config.resolved.json").write_text(json.dumps(config_dict, indent=1))
-        self.tracker = make_tracker(self.world.is_main, self.run_dir, self.config.tracking, config_dict, self.total_steps,
-                                    fresh=self.state.step == 0)
+            (self.run_dir / "config.resolved.json").write_text(json.dumps(self.config_dict, indent=1))
+        self.tracker = make_tracker(self.world.is_main, self.run_dir, self.config.tracking, self.config_dict,
+                                    self.total_steps, fresh=self.state.step == 0)
         try:
             return self.run()
         finally:
@@ -303,9 +303,12 @@ class Trainer:
     def save(self, metrics: dict[str, float]) -> Path:
         self.state.metrics = metrics or self.state.metrics
         self.state.stream = self.train_loader.state_dict()
-        saver = (lambda directory: save_adapter(self.engine.module, directory, self.world.rank)) if self.config.lora.enabled else None
+        saver = self.save_adapter if self.config.lora.enabled else None
         self.last_saved = self.state.step
         return self.checkpoints.save(self.engine, self.state, saver)
+
+    def save_adapter(self, directory: Path) -> None:
+        save_adapter(self.engine.module, directory, self.world.rank, self.config_dict)
 
     def summary(self, before: dict[str, float], after: dict[str, float], checkpoint: Path) -> dict[str, Any]:
         summary = {

@@ -70,7 +70,7 @@ def resolve_source(path: Path) -> Source:
     if (path / "adapter_config.json").exists():
         if path.name == "adapter" and (path.parent / COMPLETE).exists():  # a checkpoint's own adapter
             return with_kind(path.parent, path, run_config_in(path.parents[2]))
-        return with_kind(path, path, None)
+        return with_kind(path, path, run_config_in(path))  # the trainer leaves a copy of the run's config there
     if not path.is_dir():
         raise ExportError(f"--checkpoint {path}: no such folder")
     if not (path / COMPLETE).exists():

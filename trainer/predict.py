@@ -96,9 +96,12 @@ def find_adapter(path: Path) -> Path:
 
 
 def read_run_config(adapter: Path) -> dict:
-    """The training run's resolved config, for a run's `checkpoints/stepN/adapter/` folder ({} elsewhere)."""
-    path = adapter.parent.parent.parent / RUN_CONFIG
-    return json.loads(path.read_text()) if adapter.name == "adapter" and path.exists() else {}
+    """The training run's resolved config: the copy the trainer saves in the adapter folder, else the run's
+    for a `checkpoints/stepN/adapter/` folder ({} when neither exists)."""
+    for path in (adapter / RUN_CONFIG, adapter.parent.parent.parent / RUN_CONFIG):
+        if path.exists() and (path.parent == adapter or adapter.name == "adapter"):
+            return json.loads(path.read_text())
+    return {}
 
 
 def recorded_base(adapter: Path) -> str | None:
