@@ -241,8 +241,15 @@ def merged_model(source: Source, config: TrainConfig, dtype: str) -> nn.Module:
     if source.kind == "qlora":
         base = dequantised(load_base(config))  # quantised as in training, then dequantised
     else:
-        base = load_base(with_dtype(config, "float32"))
+        base = load_base(with_dtype(config, merge_dtype(config.model.path, dtype)))
     return with_adapter(base, source.adapter).merge_and_unload()
+
+
+def merge_dtype(base: str, dtype: str) -> str:
+    """The dtype to hold the base in while merging. Its own when that is the output dtype: upcasting it is
+    exact and peft adds the fp32 delta in fp32 arithmetic, rounding once to the output (W + ΔW, as a merge
+    in fp32 then cast would), while memory holds the output-sized model, not an fp32 one. Else float32."""
+    return dtype if default_dtype(base) == dtype else "float32"
 
 
 def reference_model(source: Source, config: TrainConfig) -> nn.Module:
