@@ -32,7 +32,7 @@ from data_shards.stream import ShardStream, Skipped, StreamConfig  # noqa: E402
 from trainer import ds_config  # noqa: E402
 from trainer.collate import Collator  # noqa: E402
 from trainer.config import TrainConfig, load  # noqa: E402
-from trainer.distributed import world_from_env  # noqa: E402
+from trainer.distributed import release_shm_allreduce_buffer, world_from_env  # noqa: E402
 from trainer.engine import make_collator, seed_everything  # noqa: E402
 from trainer.model import prepare_model  # noqa: E402
 from trainer.processor import load_processor  # noqa: E402
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = CountingTrainer(model=model, args=hf_args, train_dataset=SplitSamples(config.data.train),
                               data_collator=PaddedInputs(collator), callbacks=[clock])
     trainer.train()
+    release_shm_allreduce_buffer(world)  # DeepSpeed's CPU all-reduce buffer, left in /dev/shm otherwise
     tokens, slots = summed(trainer.tokens), summed(trainer.slots)
     if world.is_main:
         args.out.parent.mkdir(parents=True, exist_ok=True)
