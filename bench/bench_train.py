@@ -54,7 +54,7 @@ from data_shards.build import BuildConfig, build  # noqa: E402
 from data_shards.stream import ShardStream, Skipped, StreamConfig  # noqa: E402
 from data_shards.synthetic import make_dataset, make_loose_benchmark_set  # noqa: E402
 from data_shards.write import ShardLayout  # noqa: E402
-from trainer.collate import Collator, balanced_rows  # noqa: E402
+from trainer.collate import Collator, packed_rows  # noqa: E402
 from trainer.config import load  # noqa: E402
 from trainer.distributed import free_port  # noqa: E402
 from trainer.processor import load_processor  # noqa: E402
@@ -148,10 +148,10 @@ def rank_batches(split: Path, micro: int, steps: int) -> list[list[str]]:
 
 
 def packed_nonpad_fraction(batch_lengths: list[list[int]], max_length: int) -> float:
-    """Non-pad share of the slots when every micro-batch is packed by `balanced_rows` at `max_length`."""
+    """Non-pad share of the slots when every micro-batch is packed by `packed_rows` at `max_length`."""
     slots = 0
     for lengths in batch_lengths:
-        rows = balanced_rows(lengths, max_length)
+        rows = packed_rows(lengths, max_length)
         slots += len(rows) * max(sum(lengths[i] for i in row) for row in rows)
     return sum(map(sum, batch_lengths)) / slots
 
@@ -164,7 +164,7 @@ def packing_plan(lengths: dict[str, int], batches: list[list[str]]) -> dict:
     padded = packed = 32 * math.ceil(longest / 32)
     while packed_nonpad_fraction(batch_lengths, packed) < NONPAD_GOAL:
         packed += 32
-    rows = Counter(len(balanced_rows(batch, packed)) for batch in batch_lengths)
+    rows = Counter(len(packed_rows(batch, packed)) for batch in batch_lengths)
     totals = [sum(batch) for batch in batch_lengths]
     return {"sample_tokens": {"min": min(lengths.values()), "median": statistics.median(lengths.values()),
                               "mean": statistics.fmean(lengths.values()), "max": longest},

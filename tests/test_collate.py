@@ -22,7 +22,8 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 from data_shards.sample import ImageData, Sample, Turn
-from trainer.collate import IGNORE_INDEX, BatchError, Collator, FixedCount, GridCount, conversation, token_check_for
+from trainer.collate import (IGNORE_INDEX, BatchError, Collator, FixedCount, GridCount, conversation, packed_rows,
+                             token_check_for)
 from trainer.processor import load_processor
 from trainer.tiny import FAMILIES, build_tiny_model
 
@@ -324,3 +325,56 @@ def test_conversation_turns_placeholders_into_ordered_image_parts():
     assert parts[2]["text"] == "Compare the first image with the second. Answer First, Second or Similar."
     assert [p["image"].size for p in parts[:2]] == [(32, 32), (48, 24)]
     assert conversation(sample, with_answer=False) == messages[:2]
+
+
+# ---------------------------------------------------------------------------------------------- packing
+
+def test_packed_rows_hold_every_sample_once_within_the_length():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = rng.integers(5, 200, size=int(rng.integers(1, 12))).tolist()
+        max_length = int(rng.integers(max(lengths), 600))
+        rows = packed_rows(lengths, max_length)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in row) <= max_length for row in rows)
+        assert all(row == sorted(row) for row in rows)
+        assert len(rows) <= len(lengths)
+
+
+def test_packed_rows_balance_better_than_cutting_the_batch_in_order():
+    lengths = [190, 190, 30, 30]  # cut in order: 190 | 190 | 60, three rows; balanced: 220 and 220
+    assert packed_rows(lengths, 230) == [[0, 2], [1, 3]]
+    lengths = [100, 100, 10, 10, 10, 10]  # cut in order: 100 | 100 + 10 + 10 | 10 + 10; balanced: 120 and 120
+    assert packed_rows(lengths, 130) == [[0, 2, 4], [1, 3, 5]]
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def test_a_packed_batch_gives_the_padded_loss_with_images_following_their_samples(loaded, family):
+    model, processor = loaded
+    samples = varied_samples()
+    padded = collator_for(model, processor)(samples)
+    lengths = padded.inputs["attention_mask"].sum(dim=1).tolist()
+    max_length = max(lengths) + 8
+    order = [i for row in packed_rows(lengths, max_length) for i in row]
+    assert order != sorted(order), "the test needs rows that take samples out of batch order"
+    packed = collator_for(model, processor, max_length=max_length, packing=True)(samples)
+    assert packed.num_tokens == padded.num_tokens and packed.num_slots < padded.num_slots
+    with torch.no_grad():
+        padded_loss = model(**padded.inputs, use_cache=False).loss
+        packed_loss = model(**packed.inputs, use_cache=False).loss
+        swapped = dict(packed.inputs, pixel_values=packed.inputs["pixel_values"].flip(0))  # images in the wrong rows
+        swapped_loss = model(**swapped, use_cache=False).loss
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-5, atol=1e-6)
+    assert (swapped_loss - padded_loss).abs() > 1e-4  # the control: misplaced images change the loss
+
+
+def test_packing_is_refused_with_the_reason_for_multimodal_rotary_positions(collate_models):
+    from trainer.config import TrainConfig
+    from trainer.conftools import ConfigError
+    from trainer.engine import make_collator
+
+    config = TrainConfig()
+    config.data.packing = True
+    model_config = AutoModelForImageTextToText.from_pretrained(collate_models["qwen2_vl"]).config
+    with pytest.raises(ConfigError, match="data.packing: qwen2_vl uses multimodal rotary positions"):
+        make_collator(load_processor(collate_models["qwen2_vl"]), model_config, config)

@@ -94,7 +94,8 @@ class Collator:
         inputs = self.finish(encoded, kept)
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         if self.packing:
-            inputs = pack(inputs, lengths, self.max_length, self.processor.tokenizer.pad_token_id)
+            inputs = pack(inputs, lengths, [len(s.images) for s in kept], self.max_length,
+                          self.processor.tokenizer.pad_token_id)
         slots = inputs["input_ids"].numel()
         return Batch(inputs, [s.key for s in kept], dropped, int(sum(lengths)), slots)
 
@@ -120,30 +121,37 @@ class Collator:
 
 
 PER_TOKEN = ("input_ids", "attention_mask", "labels")
+PER_IMAGE = ("pixel_values", "image_sizes")  # one entry per image, the batch's images in sample order
 
 
-def balanced_rows(lengths: list[int], max_length: int) -> list[list[int]]:
-    """Consecutive samples (order kept, so images stay in order) cut into the fewest rows that fit
-    `max_length`, with cut points near equal shares so rows are alike in length (little padding)."""
-    total = sum(lengths)
-    cumulative = np.cumsum(lengths)
-    for count in range(max(1, -(-total // max_length)), len(lengths) + 1):
-        cuts = sorted({int(np.abs(cumulative - total * k / count).argmin()) + 1 for k in range(1, count)})
-        bounds = [0, *cuts, len(lengths)]
-        rows = [list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a]
-        if all(sum(lengths[i] for i in row) <= max_length for row in rows):
-            return rows
+def packed_rows(lengths: list[int], max_length: int) -> list[list[int]]:
+    """The samples of a micro-batch in the fewest rows of at most `max_length` tokens that a greedy
+    balance finds: longest first, each into the row with the fewest tokens so far, so that rows come
+    out alike in length (little padding). Samples within a row keep their batch order."""
+    order = sorted(range(len(lengths)), key=lambda index: (-lengths[index], index))
+    for count in range(max(1, -(-sum(lengths) // max_length)), len(lengths) + 1):
+        rows: list[list[int]] = [[] for _ in range(count)]
+        totals = [0] * count
+        for index in order:
+            lightest = totals.index(min(totals))
+            rows[lightest].append(index)
+            totals[lightest] += lengths[index]
+        if max(totals) <= max_length:
+            return sorted((sorted(row) for row in rows if row), key=lambda row: row[0])
     return [[index] for index in range(len(lengths))]
 
 
-def pack(inputs: dict[str, torch.Tensor], lengths: list[int], max_length: int, pad_id: int) -> dict[str, torch.Tensor]:
+def pack(inputs: dict[str, torch.Tensor], lengths: list[int], images_per_sample: list[int], max_length: int,
+         pad_id: int) -> dict[str, torch.Tensor]:
     """Several samples per row, no attention mask: position ids restart at each sample, which the model's
     attention turns into a block-diagonal causal mask (sdpa, eager) or variable-length kernels (flash).
-    transformers detects this only without a KV cache: forward with `use_cache=False`."""
-    unknown = [k for k, v in inputs.items() if k not in PER_TOKEN and v.dim() >= 2 and v.shape[:2] == inputs["input_ids"].shape]
+    transformers detects this only without a KV cache: forward with `use_cache=False`. Rows may take
+    samples out of batch order; the per-image inputs are reordered with them, since the model hands the
+    image features to the image tokens in reading order."""
+    unknown = [k for k in inputs if k not in PER_TOKEN and k not in PER_IMAGE]
     if unknown:
-        raise BatchError(f"cannot pack: per-token inputs {unknown} have no packed form (set data.packing=false)")
-    rows = balanced_rows(lengths, max_length)
+        raise BatchError(f"cannot pack: inputs {unknown} have no packed form (set data.packing=false)")
+    rows = packed_rows(lengths, max_length)
     width = max(sum(lengths[i] for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=inputs["input_ids"].dtype)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=inputs["labels"].dtype)
@@ -157,8 +165,15 @@ def pack(inputs: dict[str, torch.Tensor], lengths: list[int], max_length: int, p
             positions[row, offset:offset + lengths[index]] = torch.arange(lengths[index])
             offset += lengths[index]
         positions[row, offset:] = torch.arange(width - offset)
-    rest = {k: v for k, v in inputs.items() if k not in PER_TOKEN}
-    return {**rest, "input_ids": input_ids, "labels": labels, "position_ids": positions}
+    images = image_order([index for row in rows for index in row], images_per_sample)
+    per_image = {k: inputs[k][images] for k in PER_IMAGE if k in inputs}
+    return {**per_image, "input_ids": input_ids, "labels": labels, "position_ids": positions}
+
+
+def image_order(sample_order: list[int], images_per_sample: list[int]) -> torch.Tensor:
+    """Indices of the batch's images when its samples are read in `sample_order`."""
+    starts = np.concatenate([[0], np.cumsum(images_per_sample)]).astype(int)
+    return torch.tensor([i for s in sample_order for i in range(starts[s], starts[s + 1])], dtype=torch.long)
 
 
 def packing_problem(model_config) -> str | None:
