@@ -57,11 +57,11 @@ def init_distributed(world: WorldInfo, timeout_minutes: int = 30) -> torch.devic
     export_env(world)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
-    dist.barrier()
-    release_shm_allreduce_buffer(world)
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank)
         return torch.device("cuda", world.local_rank)
+    dist.barrier()  # every rank has mapped its peers' CPU shared-memory buffers: each may unlink its own
+    release_shm_allreduce_buffer(world)
     return torch.device("cpu")
 
 
