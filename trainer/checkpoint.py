@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 log = logging.getLogger("shardtune")
 COMPLETE = "complete"
-ADAPTER_RUN_CONFIG = "config.resolved.json"
+RUN_CONFIG = "config.resolved.json"  # in the run folder, and a copy in each adapter folder
 LATEST = "latest"
 BEST = "best.json"
 
@@ -161,7 +161,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def save_adapter(model, directory: Path, rank: int, run_config: dict[str, Any] | None = None) -> None:
     """PEFT adapter (LoRA + modules_to_save), gathered from ZeRO-3 partitions first: never empty.
-    `run_config` (the redacted resolved config) goes with it as ADAPTER_RUN_CONFIG, so an adapter folder
+    `run_config` (the redacted resolved config) goes with it as RUN_CONFIG, so an adapter folder
     copied out of its run still says how it was trained (a QLoRA adapter needs its 4-bit base)."""
     from peft import get_peft_model_state_dict
 
@@ -176,7 +176,7 @@ def save_adapter(model, directory: Path, rank: int, run_config: dict[str, Any] |
         raise RuntimeError(f"adapter state is empty ({len(adapter)} tensors, empty: {empty[:3]})")
     model.save_pretrained(str(directory), state_dict=state)
     if run_config is not None:
-        (Path(directory) / ADAPTER_RUN_CONFIG).write_text(json.dumps(run_config, indent=1))
+        (Path(directory) / RUN_CONFIG).write_text(json.dumps(run_config, indent=1))
 
 
 def gathered(parameters):

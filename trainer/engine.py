@@ -25,7 +25,7 @@ import torch.distributed as dist
 from data_shards.order import samples_per_rank
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig
 from trainer import ds_config
-from trainer.checkpoint import CheckpointManager, TrainerState, config_hash, save_adapter
+from trainer.checkpoint import RUN_CONFIG, CheckpointManager, TrainerState, config_hash, save_adapter
 from trainer.collate import Batch, Collator, packing_problem, token_check_for
 from trainer.config import TrainConfig
 from trainer.conftools import ConfigError, to_dict
@@ -147,7 +147,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
         if self.world.is_main:
-            (self.run_dir / "config.resolved.json").write_text(json.dumps(self.config_dict, indent=1))
+            (self.run_dir / RUN_CONFIG).write_text(json.dumps(self.config_dict, indent=1))
         self.tracker = make_tracker(self.world.is_main, self.run_dir, self.config.tracking, self.config_dict,
                                     self.total_steps, fresh=self.state.step == 0)
         try:

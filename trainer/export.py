@@ -29,12 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.checkpoint import COMPLETE, LATEST
+from trainer.checkpoint import COMPLETE, LATEST, RUN_CONFIG
 from trainer.config import TrainConfig, load
 from trainer.conftools import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-RUN_CONFIG = "config.resolved.json"
 SUMMARY = "merge_summary.json"
 EXIT_OK, EXIT_UNUSABLE, EXIT_MISMATCH = 0, 2, 3
 # Default tolerance on max |Δlogit| (see `default_tolerance`): absolute for fp32, plus a share of

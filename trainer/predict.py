@@ -24,14 +24,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from data_shards.sample import IMAGE_TOKEN, ImageData, Sample, Turn
-from trainer.checkpoint import LATEST
+from trainer.checkpoint import LATEST, RUN_CONFIG
 from trainer.collate import IGNORE_INDEX, Batch, Collator, conversation, token_check_for
 from trainer.evaluation import EvalBatch, dtype_of, generate, move
 from trainer.model import DTYPES, four_bit_config
 from trainer.processor import load_processor
 
 ADAPTER_CONFIG = "adapter_config.json"
-RUN_CONFIG = "config.resolved.json"
 
 
 class UsageError(ValueError):
