@@ -43,7 +43,6 @@ def build_bases(out: Path) -> dict[str, Path]:
     config = AutoConfig.from_pretrained(tiny)
     for key, value in TEXT.items():
         setattr(config.text_config, key, value)
-    config.projector_hidden_act = config.projector_hidden_act or "gelu"
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
     bases = {}
