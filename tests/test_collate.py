@@ -176,6 +176,18 @@ def test_image_tokens_per_row_match_the_models_image_features(loaded, family):
     assert expected[2] == 0 and all(count > 0 for i, count in enumerate(expected) if i != 2)
 
 
+def test_encoding_equals_the_processors_own_tensor_encoding(loaded, family):
+    model, processor = loaded
+    samples = varied_samples()
+    ours = collator_for(model, processor).encode(samples)
+    theirs = processor.apply_chat_template([conversation(s) for s in samples], tokenize=True, return_dict=True,
+                                           return_tensors="pt", return_assistant_tokens_mask=True,
+                                           processor_kwargs={"padding": True})
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        assert ours[key].dtype == theirs[key].dtype and torch.equal(ours[key], theirs[key]), key
+
+
 def test_real_forward_on_the_batch_gives_a_finite_loss(loaded, family):
     model, processor = loaded
     inputs = collator_for(model, processor)(varied_samples()).inputs
