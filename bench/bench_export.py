@@ -9,6 +9,11 @@ from merge_summary.json:
 - bf16 base → bf16: the base is held in bf16 while peft adds each fp32 delta (`export.merge_dtype`);
 - fp32 base → bf16: the base must be held in fp32 for the merge, then cast.
 
+And the consolidation of a full fine-tune, from checkpoints of real 2-rank ZeRO-2 and ZeRO-3 runs of
+`launch/train.py` (one step, `lora.enabled=false`) on a random LLaVA with 8 of those 12 layers (~0.4 B
+parameters, 1.6 GB in fp32), exported with `--dtype float32`: DeepSpeed's fp32 master weights, read by
+`trainer.zero_reader` one tensor at a time.
+
 Goal: peak ≤ 1.3× the merged model's size. Both ratios are printed, with and without the process's
 resident memory before loading (interpreter, torch, transformers).
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,31 +34,61 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script without installing
 
+from data_shards.build import BuildConfig, build  # noqa: E402
+from data_shards.synthetic import make_dataset  # noqa: E402
+from trainer.distributed import free_port  # noqa: E402
 from trainer.tiny import build_tiny_model  # noqa: E402
 
 GOAL = 1.3
 TEXT = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=12, num_attention_heads=16,
             num_key_value_heads=16, head_dim=128)
+FULL_TEXT = {**TEXT, "num_hidden_layers": 8}  # training it in full on 2 CPU ranks fits in 24 GiB
+ENV = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 
 
-def build_bases(out: Path) -> dict[str, Path]:
-    """The same random weights saved in bf16 and in fp32, with the tiny kit's tokenizer and processor."""
+def random_llava(tiny: Path, text: dict, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    tiny = build_tiny_model("llava", out / "tiny", overwrite=True)
     config = AutoConfig.from_pretrained(tiny)
-    for key, value in TEXT.items():
+    for key, value in text.items():
         setattr(config.text_config, key, value)
     torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
-    bases = {}
-    for dtype in ("bfloat16", "float32"):
-        bases[dtype] = out / f"base-{dtype}"
-        model.to(getattr(torch, dtype)).save_pretrained(bases[dtype])
-        for extra in tiny.iterdir():
-            if not (bases[dtype] / extra.name).exists() and not extra.name.endswith(".safetensors"):
-                shutil.copy(extra, bases[dtype] / extra.name)
-    return bases
+    return AutoModelForImageTextToText.from_config(config, dtype=dtype)
+
+
+def save_base(model, tiny: Path, out: Path) -> Path:
+    """save_pretrained plus the tiny kit's tokenizer, processor and chat template."""
+    model.save_pretrained(out)
+    for extra in tiny.iterdir():
+        if not (out / extra.name).exists() and not extra.name.endswith(".safetensors"):
+            shutil.copy(extra, out / extra.name)
+    return out
+
+
+def build_bases(out: Path, tiny: Path) -> dict[str, Path]:
+    """The same random weights saved in bf16 and in fp32."""
+    model = random_llava(tiny, TEXT, torch.bfloat16)
+    return {dtype: save_base(model.to(getattr(torch, dtype)), tiny, out / f"base-{dtype}")
+            for dtype in ("bfloat16", "float32")}
+
+
+def full_finetune(out: Path, base: Path, stage: int) -> Path:
+    """A one-step full fine-tuning run of launch/train.py on 2 CPU ranks under ZeRO-`stage`; returns its folder."""
+    data = out / "full-data"
+    if not (data / "shards" / "train").exists():
+        dataset = make_dataset("llava", data / "raw", n=16, seed=0, task="color")
+        build(BuildConfig(input=dataset.input, out=data / "shards", seed=0, workers=1, overwrite=True, progress=False))
+    run = out / f"full-zero{stage}"
+    shutil.rmtree(run, ignore_errors=True)
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+               str(ROOT / "launch/train.py"), "--config", str(ROOT / "configs/demo.yaml"), f"model.path={base}",
+               f"data.train={data / 'shards' / 'train'}", "data.val=", f"train.output_dir={run}", "train.max_steps=1",
+               "train.micro_batch_size=1", "lora.enabled=false", "eval.at_start=false", "checkpoint.resume=none",
+               f"deepspeed.config={ROOT / 'configs/deepspeed'}/zero{stage}.json"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}")
+    return run
 
 
 def build_adapter(base: Path, out: Path) -> Path:
@@ -69,10 +105,10 @@ def build_adapter(base: Path, out: Path) -> Path:
     return out
 
 
-def export(adapter: Path, base: Path, out: Path) -> dict:
+def export(checkpoint: Path, base: Path, out: Path, dtype: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, str(ROOT / "launch/merge_lora.py"), "--checkpoint", str(adapter), "--base", str(base),
-               "--out", str(out), "--dtype", "bfloat16", "--verify-samples", "0"]
+    command = [sys.executable, str(ROOT / "launch/merge_lora.py"), "--checkpoint", str(checkpoint), "--base", str(base),
+               "--out", str(out), "--dtype", dtype, "--verify-samples", "0"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -85,12 +121,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs/bench/export")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", choices=["lora", "full"], help="run one of the two parts")
     args = parser.parse_args(argv)
-    bases = build_bases(args.out)
-    adapter = build_adapter(bases["bfloat16"], args.out / "adapter")
-    result = {f"{dtype} base": export(adapter, base, args.out / f"merged-from-{dtype}") for dtype, base in bases.items()}
+    tiny = build_tiny_model("llava", args.out / "tiny", overwrite=True)
+    result = {}
+    if args.only in (None, "lora"):
+        bases = build_bases(args.out, tiny)
+        adapter = build_adapter(bases["bfloat16"], args.out / "adapter")
+        for dtype, base in bases.items():
+            result[f"LoRA, {dtype} base → bfloat16"] = export(adapter, base, args.out / f"merged-from-{dtype}", "bfloat16")
+    if args.only in (None, "full"):
+        base = save_base(random_llava(tiny, FULL_TEXT, torch.float32), tiny, args.out / "full-base")
+        for stage in (2, 3):
+            run = full_finetune(args.out, base, stage)
+            result[f"full, ZeRO-{stage} → float32"] = export(run, base, args.out / f"full-{stage}", "float32")
     for name, figures in result.items():
-        print(f"{name} → bfloat16: merged {figures['merged_bytes'] / 2**30:.2f} GiB, peak RSS "
+        print(f"{name}: merged {figures['merged_bytes'] / 2**30:.2f} GiB, peak RSS "
               f"{figures['peak_rss_bytes'] / 2**30:.2f} GiB = {figures['peak_rss_ratio']:.2f}× "
               f"({figures['peak_rss_delta_ratio']:.2f}× above the {figures['rss_before_bytes'] / 2**20:.0f} MiB "
               f"before loading), {figures['merge_seconds']:.0f} s; goal ≤ {GOAL}×: "

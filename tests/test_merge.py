@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, launch_training
 from trainer.export import EXIT_MISMATCH, EXIT_OK, EXIT_UNUSABLE, SUMMARY, main, synthetic_samples
+from trainer.zero_reader import zero_tensors
 
 CPU = torch.device("cpu")
 FP32_TOLERANCE = 1e-3
@@ -194,18 +195,36 @@ def test_a_qlora_adapter_copied_out_of_its_run_still_merges_as_qlora(qlora_run, 
 
 # ---------------------------------------------------------------------------------------------- full fine-tuning
 
-@pytest.fixture(scope="module")
-def full_run(tiny_llava, color_shards, tmp_path_factory) -> Path:
-    return train(tiny_llava, color_shards, tmp_path_factory.mktemp("full") / "run", "deepspeed", 2,
-                 f"deepspeed.config={ROOT}/configs/deepspeed/zero3.json", "lora.enabled=false")
+@pytest.fixture(scope="module", params=["zero2", "zero3"])
+def full_run(request, tiny_llava, color_shards, tmp_path_factory) -> Path:
+    return train(tiny_llava, color_shards, tmp_path_factory.mktemp(f"full-{request.param}") / "run", "deepspeed", 2,
+                 f"deepspeed.config={ROOT}/configs/deepspeed/{request.param}.json", "lora.enabled=false")
+
+
+def latest_checkpoint(run: Path) -> Path:
+    return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
 
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_full_finetuning_zero3_is_consolidated_into_the_engines_weights(full_run, tiny_llava, color_shards, tmp_path):
+def test_the_bounded_reader_gives_deepspeeds_own_consolidation_tensor_for_tensor(full_run):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    checkpoint = latest_checkpoint(full_run)
+    theirs = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+    ours = dict(zero_tensors(checkpoint, chunks=3))  # reopens the files twice on the way
+    assert sorted(ours) == sorted(theirs)
+    for name, tensor in theirs.items():
+        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
+    assert any(t.numel() > 1000 for t in ours.values())
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_full_finetuning_is_consolidated_into_the_engines_weights(full_run, tiny_llava, color_shards, tmp_path):
     from transformers import AutoModelForImageTextToText
 
-    checkpoint = full_run / "checkpoints" / (full_run / "checkpoints" / "latest").read_text().strip()
+    checkpoint = latest_checkpoint(full_run)
     out = tmp_path / "merged"
     assert merge(checkpoint, out, "--max-shard-size", "200KB") == EXIT_OK
     summary = summary_of(out)

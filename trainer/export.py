@@ -32,6 +32,7 @@ from torch import nn
 from trainer.checkpoint import COMPLETE, LATEST, RUN_CONFIG
 from trainer.config import TrainConfig, load
 from trainer.conftools import ConfigError
+from trainer.zero_reader import ZeroCheckpointError, zero_tensors
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SUMMARY = "merge_summary.json"
@@ -178,7 +179,7 @@ def consolidated(checkpoint: Path, base: str, dtype: str) -> nn.Module:
     with init_empty_weights():
         model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(base))
     own = set(model.state_dict())
-    for name, tensor in zero_tensors(checkpoint):
+    for name, tensor in zero_tensors(checkpoint, CONSOLIDATION_CHUNKS):
         if name not in own:
             raise ExportError(f"{checkpoint}: holds {name}, which the base model {base} does not have")
         set_module_tensor_to_device(model, name, "cpu", value=tensor, dtype=DTYPES[dtype])
@@ -188,40 +189,6 @@ def consolidated(checkpoint: Path, base: str, dtype: str) -> nn.Module:
     model.tie_weights()
     model.generation_config = base_generation_config(base, model.generation_config)
     return model
-
-
-def zero_tensors(checkpoint: Path, chunks: int = CONSOLIDATION_CHUNKS):
-    """(name, fp32 tensor) for every tensor of a ZeRO-2/3 checkpoint, one at a time, by DeepSpeed's lazy mode.
-
-    ZeRO-3: each rank's fp32 partitions are memory-mapped and a tensor is gathered when asked for, but the
-    pages read stay resident while the mapping lives; so the checkpoint is reopened (without its frozen
-    tensors, handed out first) after every 1/`chunks` of the trainable bytes, which bounds those pages.
-    ZeRO-2: DeepSpeed's reader concatenates the partitions when opening, so one opening is all it takes.
-    Each tensor owns its storage (ZeRO-2's are views into one flat vector, so they are copied), as
-    safetensors cannot save tensors that share one.
-    """
-    from deepspeed.utils.zero_to_fp32 import GatheredTensor
-
-    lazy = open_zero_checkpoint(checkpoint, frozen=True)
-    gathered = [name for name, value in lazy.items() if isinstance(value, GatheredTensor)]
-    for name in [name for name in lazy if name not in set(gathered)]:
-        yield name, lazy.pop(name).clone()
-    budget, taken = sum(lazy[name].shape.numel() for name in gathered) / chunks, 0
-    for name in gathered:
-        if taken >= budget:
-            lazy = None  # unmaps the pages read so far
-            lazy, taken = open_zero_checkpoint(checkpoint, frozen=False), 0
-        tensor = lazy.pop(name).contiguous()
-        taken += tensor.numel()
-        yield name, tensor
-
-
-def open_zero_checkpoint(checkpoint: Path, frozen: bool) -> dict:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints its progress on stdout
-        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
-                                                        exclude_frozen_parameters=not frozen, lazy_mode=True)
 
 
 def base_generation_config(base: str, fallback):
@@ -483,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return export(args)
-    except ExportError as error:
+    except (ExportError, ZeroCheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNUSABLE
 
