@@ -15,7 +15,6 @@ Exit codes: 0 done, 2 unusable arguments or inputs, 3 verification failed (OUT i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import importlib
 import itertools
