@@ -1,16 +1,14 @@
-"""Peak resident memory of a LoRA export (issue 4): merge + save, against the size of the merged weights.
+"""Peak resident memory of an export (issue 4): merge or consolidate + save, against the merged weights' size.
 
-A random-weight LLaVA far larger than the tiny kit's (text model hidden 2048, 12 layers: ~0.6 B
-parameters, 1.2 GB in bf16), saved twice, as a bf16 and as an fp32 base, with one random LoRA adapter
-(r=16 on q/k/v/o). Each export runs `launch/merge_lora.py --dtype bfloat16 --verify-samples 0` in its own
-process and reads `peak_rss_bytes` (VmHWM reset after the imports, so the merge and save phase alone)
-from merge_summary.json:
-
-- bf16 base → bf16: the base is held in bf16 while peft adds each fp32 delta (`export.merge_dtype`);
-- fp32 base → bf16: the base must be held in fp32 for the merge, then cast.
+A random-weight LLaVA far larger than the tiny kit's (text model hidden 2048, 24 layers: ~1.2 B
+parameters, 2.3 GB in bf16), saved twice, as a bf16 and as an fp32 base, with one random LoRA adapter
+(r=16 on q/k/v/o), exported to bf16 from each (`export.lora_merged`: the base read into bf16 one tensor
+at a time, each targeted weight read again in fp32 for its merge). Each export runs
+`launch/merge_lora.py --verify-samples 0` in its own process and reads `peak_rss_bytes` (VmHWM reset
+after the imports, so the merge and save phase alone) from merge_summary.json.
 
 And the consolidation of a full fine-tune, from checkpoints of real 2-rank ZeRO-2 and ZeRO-3 runs of
-`launch/train.py` (one step, `lora.enabled=false`) on a random LLaVA with 8 of those 12 layers (~0.4 B
+`launch/train.py` (one step, `lora.enabled=false`) on a random LLaVA with 8 of those 24 layers (~0.4 B
 parameters, 1.6 GB in fp32), exported with `--dtype float32`: DeepSpeed's fp32 master weights, read by
 `trainer.zero_reader` one tensor at a time.
 
@@ -40,7 +38,7 @@ from trainer.distributed import free_port  # noqa: E402
 from trainer.tiny import build_tiny_model  # noqa: E402
 
 GOAL = 1.3
-TEXT = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=12, num_attention_heads=16,
+TEXT = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
             num_key_value_heads=16, head_dim=128)
 FULL_TEXT = {**TEXT, "num_hidden_layers": 8}  # training it in full on 2 CPU ranks fits in 24 GiB
 ENV = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, launch_training
 from trainer.export import EXIT_MISMATCH, EXIT_OK, EXIT_UNUSABLE, SUMMARY, main, synthetic_samples
+from trainer.weights_reader import SafetensorsWeights
 from trainer.zero_reader import zero_tensors
 
 CPU = torch.device("cpu")
@@ -365,31 +366,40 @@ def test_a_folder_that_is_no_checkpoint_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_bf16_base_exported_in_bf16_is_merged_in_fp32_arithmetic_without_an_fp32_copy(tiny_llava, tmp_path):
+@pytest.mark.parametrize("base_dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("read", ["tensor by tensor", "whole base"])
+def test_a_bf16_export_is_merged_in_fp32_arithmetic_without_an_fp32_copy(base_dtype, read, tiny_llava, tmp_path,
+                                                                          monkeypatch):
     """Base held in bf16 (half the memory of an fp32 copy), yet every weight is round_bf16(W + ΔW) computed
-    in fp32, bit for bit what merging an fp32 copy and casting would give."""
+    in fp32 from the stored W, bit for bit what merging an fp32 copy and casting would give; the trained
+    projector (modules_to_save) replaces the base's. Also where the base cannot be read tensor by tensor
+    (a hub id, say) and is loaded whole."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    base_dir = tmp_path / "bf16-base"
-    AutoModelForImageTextToText.from_pretrained(tiny_llava, dtype=torch.bfloat16).save_pretrained(base_dir)
+    if read == "whole base":
+        monkeypatch.setattr(SafetensorsWeights, "open", classmethod(lambda cls, folder: None))
+
+    base_dir = tmp_path / f"{base_dtype}-base"
+    AutoModelForImageTextToText.from_pretrained(tiny_llava, dtype=getattr(torch, base_dtype)).save_pretrained(base_dir)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
                  "preprocessor_config.json", "special_tokens_map.json"):
         if (tiny_llava / name).exists():
             shutil.copy(tiny_llava / name, base_dir / name)
     torch.manual_seed(0)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                      modules_to_save=["multi_modal_projector"])
     peft_model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32), lora)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.05)
+            if "lora_B" in name or "modules_to_save" in name:
+                parameter.add_(torch.randn_like(parameter), alpha=1e-3)  # ΔW near W: rounding W first would show
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
     expected = {k: v.to(torch.bfloat16) for k, v in peft_model.merge_and_unload().state_dict().items()}
 
     out = tmp_path / "merged"
-    assert merge(adapter, out, "--base", str(base_dir)) == EXIT_OK
+    assert merge(adapter, out, "--base", str(base_dir), "--dtype", "bfloat16") == EXIT_OK
     assert summary_of(out)["dtype"] == "bfloat16" and summary_of(out)["passed"]
     merged = load_exported(out).state_dict()
     assert merged.keys() == expected.keys()

@@ -119,15 +119,19 @@ QWEN_TEMPLATE = (
 )
 
 
-def build_tiny_model(family: str, out: Path, *, seed: int = 0, image_size: int = 32, overwrite: bool = False) -> Path:
+def build_tiny_model(family: str, out: Path, *, seed: int = 0, image_size: int = 32, overwrite: bool = False,
+                     text: dict | None = None) -> Path:
     """Writes a tiny random `family` model with its processor to `out` (same seed, same weights); returns `out`.
 
+    `text` overrides the language model's config (e.g. a wider `hidden_size`, with matching
+    `intermediate_size`, `num_attention_heads` and `head_dim`), for benchmarks on a larger model.
     Does nothing when `out` already holds one built with the same arguments, unless `overwrite`.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     out = Path(out)
-    arguments = {"family": family, "seed": seed, "image_size": image_size, "kit_version": KIT_VERSION}
+    arguments = {"family": family, "seed": seed, "image_size": image_size, "kit_version": KIT_VERSION,
+                 **({"text": text} if text else {})}
     marker = out / MARKER
     if marker.exists() and json.loads(marker.read_text()) == arguments and not overwrite:
         return out
@@ -136,7 +140,7 @@ def build_tiny_model(family: str, out: Path, *, seed: int = 0, image_size: int =
     staging = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     processor = build_processor(family, image_size)
-    model = build_model(family, processor.tokenizer, seed, image_size)
+    model = build_model(family, processor.tokenizer, seed, image_size, text or {})
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     (staging / MARKER).write_text(json.dumps(arguments))
@@ -145,10 +149,10 @@ def build_tiny_model(family: str, out: Path, *, seed: int = 0, image_size: int =
     return out
 
 
-def build_model(family: str, tokenizer: PreTrainedTokenizerFast, seed: int, image_size: int):
+def build_model(family: str, tokenizer: PreTrainedTokenizerFast, seed: int, image_size: int, text: dict):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(build_config(family, tokenizer, image_size))
+        model = AutoModelForImageTextToText.from_config(build_config(family, tokenizer, image_size, text))
     with torch.no_grad():
         # At width 64 with the default init (std 0.02) the logits stay within about ±1, so a frozen head
         # cannot express a confident answer and LoRA training stalls near log(vocab); a trained
@@ -160,11 +164,11 @@ def build_model(family: str, tokenizer: PreTrainedTokenizerFast, seed: int, imag
     return model
 
 
-def build_config(family: str, tokenizer: PreTrainedTokenizerFast, image_size: int):
+def build_config(family: str, tokenizer: PreTrainedTokenizerFast, image_size: int, overrides: dict):
     text = dict(vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
                 num_hidden_layers=LAYERS, num_attention_heads=HEADS, head_dim=HEAD_DIM, max_position_embeddings=2048,
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
+                pad_token_id=tokenizer.pad_token_id) | overrides
     token_id = tokenizer.convert_tokens_to_ids
     if family == "qwen2_vl":
         text.update(num_key_value_heads=QWEN_KV_HEADS,
