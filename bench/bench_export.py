@@ -40,7 +40,7 @@ from trainer.tiny import build_tiny_model  # noqa: E402
 GOAL = 1.3
 TEXT = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
             num_key_value_heads=16, head_dim=128)
-FULL_TEXT = {**TEXT, "num_hidden_layers": 8}  # training it in full on 2 CPU ranks fits in 24 GiB
+FULL_LAYERS = 8  # training the model in full under ZeRO-2 on 2 CPU ranks fits in 24 GiB
 ENV = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 
 
@@ -55,7 +55,8 @@ def random_llava(tiny: Path, text: dict, dtype: torch.dtype):
 
 
 def save_base(model, tiny: Path, out: Path) -> Path:
-    """save_pretrained plus the tiny kit's tokenizer, processor and chat template."""
+    """save_pretrained (into an emptied `out`) plus the tiny kit's tokenizer, processor and chat template."""
+    shutil.rmtree(out, ignore_errors=True)
     model.save_pretrained(out)
     for extra in tiny.iterdir():
         if not (out / extra.name).exists() and not extra.name.endswith(".safetensors"):
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "runs/bench/export")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", choices=["lora", "full"], help="run one of the two parts")
+    parser.add_argument("--full-layers", type=int, default=FULL_LAYERS, help="layers of the fully fine-tuned model")
+    parser.add_argument("--full-stages", type=int, nargs="+", default=[2, 3], choices=[2, 3], help="ZeRO stages")
     args = parser.parse_args(argv)
     tiny = build_tiny_model("llava", args.out / "tiny", overwrite=True)
     result = {}
@@ -129,8 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
         for dtype, base in bases.items():
             result[f"LoRA, {dtype} base → bfloat16"] = export(adapter, base, args.out / f"merged-from-{dtype}", "bfloat16")
     if args.only in (None, "full"):
-        base = save_base(random_llava(tiny, FULL_TEXT, torch.float32), tiny, args.out / "full-base")
-        for stage in (2, 3):
+        text = {**TEXT, "num_hidden_layers": args.full_layers}
+        base = save_base(random_llava(tiny, text, torch.float32), tiny, args.out / "full-base")
+        for stage in args.full_stages:
             run = full_finetune(args.out, base, stage)
             result[f"full, ZeRO-{stage} → float32"] = export(run, base, args.out / f"full-{stage}", "float32")
     for name, figures in result.items():
