@@ -92,10 +92,11 @@ def zero2_tensors(checkpoint: Path, chunks: int) -> Iterator[tuple[str, torch.Te
         yield name, (buffer.float() if buffer.is_floating_point() else buffer.clone())
     for name, fragment in (model_state.get(FROZEN_PARAM_FRAGMENTS) or {}).items():
         yield name, fragment.clone()
-    parameters = zero2_layout(checkpoint, model_state)
-    budget, taken, slices = sum(p.numel for p in parameters) / chunks, 0, None
+    slices = zero2_slices(checkpoint)
+    parameters = zero2_layout(checkpoint, model_state, slices)
+    budget, taken = sum(p.numel for p in parameters) / chunks, 0
     for parameter in parameters:
-        if slices is None or taken >= budget:
+        if taken >= budget:
             slices, taken = None, 0  # unmaps the pages read so far
             slices = zero2_slices(checkpoint)
         taken += parameter.numel
@@ -110,13 +111,13 @@ def zero2_slices(checkpoint: Path) -> list[list[torch.Tensor]]:
     return [list(group) for group in zip(*per_rank)]
 
 
-def zero2_layout(checkpoint: Path, model_state: dict) -> list[FlatParameter]:
+def zero2_layout(checkpoint: Path, model_state: dict, slices: list[list[torch.Tensor]]) -> list[FlatParameter]:
     """Where each trainable parameter lies in its group's flat vector, checked against the vector's size."""
     from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT, PARAM_ALIGNMENT_PADDINGS, PARAM_SHAPES
 
     files = optimizer_files(checkpoint)
     paddings = load_mapped(files[0])[OPTIMIZER_STATE_DICT].get(PARAM_ALIGNMENT_PADDINGS)
-    sizes = [sum(s.numel() for s in group) for group in zero2_slices(checkpoint)]
+    sizes = [sum(s.numel() for s in group) for group in slices]
     layout = []
     for group, shapes in enumerate(model_state[PARAM_SHAPES]):
         offset = 0
