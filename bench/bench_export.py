@@ -44,31 +44,18 @@ FULL_LAYERS = 8  # training the model in full under ZeRO-2 on 2 CPU ranks fits i
 ENV = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 
 
-def random_llava(tiny: Path, text: dict, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForImageTextToText
+def build_bases(out: Path) -> dict[str, Path]:
+    """The same random weights (the tiny kit's LLaVA with the TEXT language model) saved in fp32 and in bf16."""
+    from transformers import AutoModelForImageTextToText
 
-    config = AutoConfig.from_pretrained(tiny)
-    for key, value in text.items():
-        setattr(config.text_config, key, value)
-    torch.manual_seed(0)
-    return AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    from trainer.processor import load_processor
 
-
-def save_base(model, tiny: Path, out: Path) -> Path:
-    """save_pretrained (into an emptied `out`) plus the tiny kit's tokenizer, processor and chat template."""
-    shutil.rmtree(out, ignore_errors=True)
-    model.save_pretrained(out)
-    for extra in tiny.iterdir():
-        if not (out / extra.name).exists() and not extra.name.endswith(".safetensors"):
-            shutil.copy(extra, out / extra.name)
-    return out
-
-
-def build_bases(out: Path, tiny: Path) -> dict[str, Path]:
-    """The same random weights saved in bf16 and in fp32."""
-    model = random_llava(tiny, TEXT, torch.bfloat16)
-    return {dtype: save_base(model.to(getattr(torch, dtype)), tiny, out / f"base-{dtype}")
-            for dtype in ("bfloat16", "float32")}
+    fp32 = build_tiny_model("llava", out / "base-float32", text=TEXT, overwrite=True)
+    bf16 = out / "base-bfloat16"
+    shutil.rmtree(bf16, ignore_errors=True)
+    AutoModelForImageTextToText.from_pretrained(fp32, dtype=torch.bfloat16).save_pretrained(bf16)
+    load_processor(str(fp32)).save_pretrained(bf16)
+    return {"bfloat16": bf16, "float32": fp32}
 
 
 def full_finetune(out: Path, base: Path, stage: int) -> Path:
@@ -124,16 +111,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--full-layers", type=int, default=FULL_LAYERS, help="layers of the fully fine-tuned model")
     parser.add_argument("--full-stages", type=int, nargs="+", default=[2, 3], choices=[2, 3], help="ZeRO stages")
     args = parser.parse_args(argv)
-    tiny = build_tiny_model("llava", args.out / "tiny", overwrite=True)
     result = {}
     if args.only in (None, "lora"):
-        bases = build_bases(args.out, tiny)
+        bases = build_bases(args.out)
         adapter = build_adapter(bases["bfloat16"], args.out / "adapter")
         for dtype, base in bases.items():
             result[f"LoRA, {dtype} base → bfloat16"] = export(adapter, base, args.out / f"merged-from-{dtype}", "bfloat16")
     if args.only in (None, "full"):
-        text = {**TEXT, "num_hidden_layers": args.full_layers}
-        base = save_base(random_llava(tiny, text, torch.float32), tiny, args.out / "full-base")
+        base = build_tiny_model("llava", args.out / "full-base", text={**TEXT, "num_hidden_layers": args.full_layers},
+                                overwrite=True)
         for stage in args.full_stages:
             run = full_finetune(args.out, base, stage)
             result[f"full, ZeRO-{stage} → float32"] = export(run, base, args.out / f"full-{stage}", "float32")
