@@ -5,10 +5,11 @@ with `trainer.engine.Trainer` replaced by a subclass whose `micro_step` times, o
 
   fetch                 waiting for the loader's next batch (from the end of the previous step)
   forward               engine forward (loss)
-  agree                 the all-reduce by which the ranks agree that the loss is finite (and on stop signals)
+  start_agreement       starting the asynchronous all-reduce of non-finite loss and stop flags
   backward              engine.backward (ZeRO-2 gradient reduction included)
   step                  engine.step (clipping, optimizer, schedule)
-  after_optimizer_step  at log steps: metrics all-reduce, grad norm, metrics.jsonl and console line
+  end_optimizer_step    waiting for that all-reduce, and at log steps: metrics all-reduce, grad norm,
+                        metrics.jsonl and console line
 
 Each rank prints one line `PHASES rank R {...}`: the median milliseconds of each phase over the steps
 after `PHASES_WARMUP` (environment, default 10), and their sum. The timers cost microseconds; the
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import trainer.engine  # noqa: E402
 from trainer.cli import main  # noqa: E402
 
-PHASES = ("fetch", "forward", "agree", "backward", "step", "after_optimizer_step")
+PHASES = ("fetch", "forward", "start_agreement", "backward", "step", "end_optimizer_step")
 
 
 class PhaseTrainer(trainer.engine.Trainer):
@@ -51,7 +52,7 @@ class PhaseTrainer(trainer.engine.Trainer):
         self.current: dict[str, float] = {}
         for name in ("forward", "backward", "step"):
             setattr(self.engine, name, self.timed(name, getattr(self.engine, name)))
-        for name in ("agree", "after_optimizer_step"):
+        for name in ("start_agreement", "end_optimizer_step"):
             setattr(self, name, self.timed(name, getattr(self, name)))
 
     def timed(self, phase: str, function):

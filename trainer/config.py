@@ -51,9 +51,9 @@ class TrainSection:
     seed: int = option(0, help="seed for data order, initialisation and dropout")
     precision: str = option("fp32", help="fp32, bf16 or fp16 (DeepSpeed mixed precision)", choices=("fp32", "bf16", "fp16"))
     max_grad_norm: float = option(1.0, help="gradient clipping (0: off)")
-    max_bad_steps: int = option(3, help="consecutive NaN/Inf losses before the run aborts (the last good checkpoint stays)")
+    max_bad_steps: int = option(3, help="consecutive optimizer steps skipped for a NaN/Inf loss before the run aborts (the last good checkpoint stays)")
     log_every: int = option(1, help="steps between metric lines")
-    fault_nan_micro_steps: list[int] = option(factory=list, help="testing aid: make the loss NaN at these micro-steps (1-based)")
+    fault_nan_micro_steps: list[int] = option(factory=list, help="testing aid: make rank 0's loss NaN at these micro-steps (1-based)")
     fault_exit_step: int = option(0, help="testing aid: every rank dies (os._exit) right after this optimizer step")
     fault_signal_step: int = option(0, help="testing aid: rank 0 sends itself SIGUSR2 (a preemption warning) during this step")
 

@@ -59,6 +59,7 @@ def resolve(config: TrainConfig, world_size: int, hidden_size: int) -> dict[str,
         if zero["stage"] == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     fill_zero_buckets(zero, hidden_size)
+    problems += disabled_overflow_checks(ds)
     problems += [f"deepspeed.config: {key} is still \"auto\" (shardtune cannot fill it)" for key in auto_keys(ds)]
     problems = [p for p in problems if p]
     if problems:
@@ -95,6 +96,21 @@ def auto_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
         elif value == "auto":
             found.append(f"{prefix}{key}")
     return found
+
+
+def disabled_overflow_checks(ds: dict[str, Any]) -> list[str]:
+    """DeepSpeed skips a step with non-finite gradients (after a NaN/Inf loss) only with these checks on."""
+    switches = {"bf16.check_grad_overflow": ds.get("bf16", {}).get("check_grad_overflow"),
+                "zero_optimization.compute_grad_norm": ds.get("zero_optimization", {}).get("compute_grad_norm")}
+    return [f"deepspeed.config: {key}=false would let DeepSpeed apply NaN/Inf gradients; shardtune relies on it "
+            "to skip the step after a non-finite loss (train.max_bad_steps): remove it" for key, value in switches.items()
+            if value is False]
+
+
+def passes_gradients_unchecked(resolved: dict[str, Any]) -> bool:
+    """ZeRO stage 0 in fp32 is the one engine that calls our optimizer without checking for NaN/Inf gradients."""
+    low_precision = any(resolved.get(section, {}).get("enabled") for section in ("bf16", "fp16"))
+    return resolved["zero_optimization"]["stage"] == 0 and not low_precision
 
 
 def offloads_optimizer(resolved: dict[str, Any]) -> bool:

@@ -1,8 +1,9 @@
 """The training loop on DeepSpeed's engine: shards in, checkpoints and metrics out.
 
 Every rank runs the same number of micro-batches per epoch (the stream guarantees equal counts),
-agrees on skipping a non-finite loss (an all-reduced flag), and writes checkpoints together, so
-no rank is ever left waiting in a collective.
+learns after each optimizer step whether it was skipped for a non-finite loss or a stop signal
+arrived (`trainer.health`), and writes checkpoints together, so no rank is ever left waiting in a
+collective.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from trainer.config import TrainConfig
 from trainer.conftools import ConfigError, to_dict
 from trainer.distributed import WorldInfo, export_env, release_shm_allreduce_buffer
 from trainer.evaluation import EvalCollator, dtype_of, evaluate, move
+from trainer.health import FiniteAdamW, NonFiniteLossError, StepAgreement
 from trainer.model import parameter_groups, prepare_model
 from trainer.preemption import Preempted, StopRequest
 from trainer.processor import load_processor
@@ -39,10 +41,6 @@ from trainer.tracking import make_tracker
 
 log = logging.getLogger("shardtune")
 FAULT_EXIT_CODE = 75
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 def seed_everything(seed: int) -> None:
@@ -93,6 +91,7 @@ class Trainer:
         self.tracker = None
         self.micro_steps = 0
         self.window = new_window()
+        self.pending = new_pending()
         self.last_saved = -1
         self.stop = StopRequest().install()
         self.stop_signal = 0
@@ -121,7 +120,8 @@ class Trainer:
         hidden = getattr(getattr(self.model.config, "text_config", self.model.config), "hidden_size", 1024)
         resolved = ds_config.resolve(config, self.world.world_size, hidden)
         groups = parameter_groups(self.model, self.parts, config)
-        optimizer = make_optimizer(groups, config, offload=ds_config.offloads_optimizer(resolved))
+        optimizer = make_optimizer(groups, config, offload=ds_config.offloads_optimizer(resolved),
+                                   unchecked=ds_config.passes_gradients_unchecked(resolved))
         opt = config.optimizer
         scheduler = build_scheduler(optimizer, self.total_steps, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
         engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -181,52 +181,67 @@ class Trainer:
         if not len(batch):
             loss = loss * 0.0
         loss = self.inject_fault(loss)
-        if not self.agree(loss):
-            return usable
-        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.accumulate(loss, batch)
+        agreement = self.start_agreement() if self.engine.is_gradient_accumulation_boundary() else None
         self.engine.backward(loss)
         self.engine.step()
-        self.accumulate(loss, batch)
-        if boundary:
-            self.after_optimizer_step()
+        if agreement is not None:
+            self.end_optimizer_step(agreement)
         return usable
 
     def inject_fault(self, loss: torch.Tensor) -> torch.Tensor:
-        """Testing aid: `train.fault_nan_micro_steps` turns those micro-steps' losses into NaN."""
+        """Testing aid: `train.fault_nan_micro_steps` turns rank 0's losses at those micro-steps into NaN."""
         self.micro_steps += 1
-        if self.micro_steps in self.config.train.fault_nan_micro_steps:
+        if self.world.is_main and self.micro_steps in self.config.train.fault_nan_micro_steps:
             return loss * float("nan")
         return loss
 
-    def agree(self, loss: torch.Tensor) -> bool:
-        """One all-reduce per micro-step carries all the ranks must agree on: a non-finite loss anywhere
-        skips this micro-step everywhere (returns False), and a stop signal any rank received stops
-        every rank after this optimizer step."""
+    def accumulate(self, loss: torch.Tensor, batch: Batch) -> None:
+        """Sums for the optimizer step under way; they join the metrics window only if it is applied."""
+        self.pending["losses"].append(loss.detach())
+        self.pending["tokens"] += batch.num_tokens
+        self.pending["slots"] += batch.num_slots
+        self.pending["samples"] += len(batch)
+
+    def start_agreement(self) -> StepAgreement:
         if self.world.is_main and self.state.step + 1 == self.config.train.fault_signal_step:
             os.kill(os.getpid(), signal.SIGUSR2)
-        finite = bool(torch.isfinite(loss.detach()).all())
-        flags = torch.tensor([0 if finite else 1, self.stop.signum], dtype=torch.int64, device=self.engine.device)
-        if dist.is_initialized():
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        any_bad, self.stop_signal = flags.tolist()
-        if not any_bad:
+        return StepAgreement(self.pending["losses"], self.stop.signum)
+
+    def end_optimizer_step(self, agreement: StepAgreement) -> None:
+        nonfinite, self.stop_signal = agreement.result()
+        pending, self.pending = self.pending, new_pending()
+        if self.engine.was_step_applied():
+            if nonfinite:
+                raise NonFiniteLossError("DeepSpeed applied an optimizer step whose loss was NaN/Inf on some rank: "
+                                         "check the DeepSpeed config's overflow checks")
             self.state.bad_steps = 0
-            return True
-        self.state.bad_steps += 1
+            self.commit(pending)
+            self.after_optimizer_step()
+            return
+        self.skipped(nonfinite)
+        self.handle_stop()
+
+    def skipped(self, nonfinite: bool) -> None:
+        """A step DeepSpeed did not apply: after a NaN/Inf loss (counted towards `train.max_bad_steps`), or
+        an fp16 gradient overflow while its loss scale adapts (normal, only counted)."""
         self.state.skipped_steps += 1
-        log.warning("non-finite loss at micro-step %d: skipped (%d in a row)", self.micro_steps, self.state.bad_steps)
+        if not nonfinite:
+            log.info("optimizer step skipped: fp16 gradient overflow (loss scale adapting)")
+            return
+        self.state.bad_steps += 1
+        log.warning("non-finite loss at micro-step %d: optimizer step skipped (%d in a row)", self.micro_steps,
+                    self.state.bad_steps)
         if self.state.bad_steps >= self.config.train.max_bad_steps:
             raise NonFiniteLossError(f"{self.state.bad_steps} non-finite losses in a row (train.max_bad_steps="
                                      f"{self.config.train.max_bad_steps}); last good checkpoint: "
                                      f"{self.checkpoints.latest_tag() or 'none'}")
-        return False
 
-    def accumulate(self, loss: torch.Tensor, batch: Batch) -> None:
-        self.window["loss"] += float(loss.detach())
-        self.window["micro"] += 1
-        self.window["tokens"] += batch.num_tokens
-        self.window["slots"] += batch.num_slots
-        self.window["samples"] += len(batch)
+    def commit(self, pending: dict[str, Any]) -> None:
+        self.window["loss"] += float(torch.stack(pending["losses"]).sum())
+        self.window["micro"] += len(pending["losses"])
+        for key in ("tokens", "slots", "samples"):
+            self.window[key] += pending[key]
 
     def after_optimizer_step(self) -> None:
         self.state.step += 1
@@ -257,14 +272,17 @@ class Trainer:
             self.save(metrics)
 
     def handle_stop_and_faults(self) -> None:
-        if self.stop_signal:
-            if self.last_saved != self.state.step:
-                self.save({})
-            raise Preempted(self.stop_signal, self.state.step)
+        self.handle_stop()
         if self.state.step == self.config.train.fault_exit_step:
             log.warning("train.fault_exit_step=%d: dying now, as a killed job would", self.state.step)
             logging.shutdown()
             os._exit(FAULT_EXIT_CODE)
+
+    def handle_stop(self) -> None:
+        if self.stop_signal:
+            if self.last_saved != self.state.step:
+                self.save({})
+            raise Preempted(self.stop_signal, self.state.step)
 
     def step_metrics(self, window: dict[str, Any], ended: float) -> dict[str, float]:
         """Means over the optimizer steps since the last metrics line; one all-reduce per line."""
@@ -343,15 +361,21 @@ def new_window(started: float | None = None) -> dict[str, Any]:
             "started": time.perf_counter() if started is None else started}
 
 
-def make_optimizer(groups: list[dict], config: TrainConfig, offload: bool) -> torch.optim.Optimizer:
-    """AdamW; DeepSpeed's CPU Adam when optimizer state lives on the CPU (ZeRO-Offload requires it)."""
+def new_pending() -> dict[str, Any]:
+    """The micro-steps of the optimizer step under way."""
+    return {"losses": [], "tokens": 0, "slots": 0, "samples": 0}
+
+
+def make_optimizer(groups: list[dict], config: TrainConfig, offload: bool, unchecked: bool) -> torch.optim.Optimizer:
+    """AdamW; DeepSpeed's CPU Adam when optimizer state lives on the CPU (ZeRO-Offload requires it);
+    `FiniteAdamW` where DeepSpeed passes the gradients on `unchecked` for NaN/Inf (`trainer.health`)."""
     opt = config.optimizer
     kwargs = dict(lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
     if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+    return (FiniteAdamW if unchecked else torch.optim.AdamW)(groups, **kwargs)
 
 
 def memory_metrics() -> dict[str, float]:

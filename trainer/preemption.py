@@ -1,9 +1,9 @@
 """Stop cleanly on SLURM's warning signals: every rank agrees, a checkpoint is written, then we exit.
 
 SLURM (and submitit) send SIGUSR2 or SIGTERM some time before a preemption or time limit. The
-handler only records the request; the training loop all-reduces it with every micro-step's loss check
-(`Trainer.agree`), so a signal that reaches one rank stops them all after the same optimizer step,
-nobody left in a collective.
+handler only records the request; the training loop all-reduces it once per optimizer step
+(`trainer.health.StepAgreement`), so a signal that reaches one rank stops them all after the same
+optimizer step, nobody left in a collective.
 After the checkpoint, the previous handler (submitit's, which requeues the job) runs if there was
 one; otherwise the process exits with `PREEMPTED_EXIT_CODE`, which `slurm/train.sbatch` turns into
 `scontrol requeue`.

@@ -1,0 +1,66 @@
+"""Skipping an optimizer step after a non-finite loss: DeepSpeed's own checks in every engine shardtune builds,
+our optimizer where DeepSpeed has none, and the DeepSpeed JSON switches that would turn them off."""
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, run_process_group, training_env
+from trainer import ds_config
+from trainer.config import load
+from trainer.conftools import ConfigError
+from trainer.distributed import free_port
+from trainer.health import FiniteAdamW
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_every_engine_skips_the_step_of_a_nan_loss_on_one_rank_on_every_rank(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(ROOT / "tests/nonfinite_worker.py"), str(tmp_path)]
+    result = run_process_group(command, training_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads(line) for rank in (0, 1) for line in (tmp_path / f"rank{rank}.jsonl").read_text().splitlines()]
+    assert {(run["stage"], run["precision"]) for run in runs} == {(s, p) for s in range(4) for p in ("fp32", "bf16")}
+    for run in runs:
+        applied, skipped, after = run["steps"]
+        assert applied == after == {"applied": True, "changed": True, "finite": True}, run
+        assert skipped == {"applied": False, "changed": False, "finite": True}, run
+    assert {run["optimizer"] for run in runs if (run["stage"], run["precision"]) == (0, "fp32")} == {"FiniteAdamW"}
+
+
+def test_finite_adamw_skips_nan_gradients_and_otherwise_steps_as_adamw():
+    torch.manual_seed(0)
+    start = torch.randn(4, 3)
+    ours, reference = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    guarded, plain = FiniteAdamW([ours], lr=0.1), torch.optim.AdamW([reference], lr=0.1)
+    ours.grad = torch.ones(4, 3)
+    ours.grad[2, 1] = float("inf")
+    guarded.step()
+    assert guarded.overflow and torch.equal(ours.detach(), start) and not guarded.state
+    for _ in range(2):
+        gradient = torch.randn(4, 3)
+        ours.grad, reference.grad = gradient.clone(), gradient.clone()
+        guarded.step()
+        plain.step()
+        assert not guarded.overflow
+    assert torch.equal(ours.detach(), reference.detach())
+
+
+@pytest.mark.parametrize("switch", ["bf16.check_grad_overflow", "zero_optimization.compute_grad_norm"])
+def test_a_deepspeed_json_that_turns_the_overflow_checks_off_is_refused(switch, tmp_path):
+    section, key = switch.split(".")
+    custom = json.loads((ROOT / "configs/deepspeed/zero2.json").read_text())
+    custom[section][key] = False
+    (tmp_path / "ds.json").write_text(json.dumps(custom))
+    config = load(ROOT / "configs/demo.yaml", [f"deepspeed.config={tmp_path / 'ds.json'}"])
+    with pytest.raises(ConfigError, match=switch.replace(".", r"\.") + "=false"):
+        ds_config.resolve(config, 2, 64)
+
+
+@pytest.mark.parametrize("stage,precision,unchecked", [(0, "fp32", True), (0, "bf16", False), (0, "fp16", False),
+                                                       (1, "fp32", False), (3, "fp32", False)])
+def test_only_zero_stage_0_in_fp32_hands_our_optimizer_unchecked_gradients(stage, precision, unchecked):
+    config = load(ROOT / "configs/demo.yaml", [f"deepspeed.zero_stage={stage}", f"train.precision={precision}"])
+    assert ds_config.passes_gradients_unchecked(ds_config.resolve(config, 2, 64)) is unchecked

@@ -1,0 +1,51 @@
+"""Non-finite losses and stop signals: what every rank must agree on after each optimizer step.
+
+A NaN/Inf loss on any rank makes that step's gradients non-finite after DeepSpeed reduces them, and
+DeepSpeed then skips the update on every rank (`engine.was_step_applied()` is False everywhere): its
+ZeRO-1/2/3 and bf16/fp16 optimizers check the all-reduced gradient norm. The one configuration where
+DeepSpeed hands our optimizer the gradients unchecked (ZeRO stage 0 in fp32) gets `FiniteAdamW`,
+which makes the same check; its gradients are already all-reduced, so every rank decides alike.
+
+The ranks still have to agree on *why* a step was skipped (a non-finite loss counts towards
+`train.max_bad_steps`; an fp16 loss-scale overflow does not) and on stop signals. `StepAgreement`
+all-reduces both with one small collective started before the boundary micro-step's backward and read
+after `engine.step()`: it runs while the ranks compute, instead of holding every micro-step up.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class StepAgreement:
+    """[a non-finite loss on some rank during this optimizer step, the largest stop signal number]."""
+
+    def __init__(self, losses: list[torch.Tensor], signum: int):
+        nonfinite = torch.logical_not(torch.isfinite(torch.stack(losses)).all())
+        self.flags = torch.stack([nonfinite.to(torch.int64), torch.tensor(signum, device=nonfinite.device)])
+        self.work = dist.all_reduce(self.flags, op=dist.ReduceOp.MAX, async_op=True) if dist.is_initialized() else None
+
+    def result(self) -> tuple[bool, int]:
+        if self.work is not None:
+            self.work.wait()
+        nonfinite, signum = self.flags.tolist()
+        return bool(nonfinite), signum
+
+
+class FiniteAdamW(torch.optim.AdamW):
+    """AdamW that skips a step whose gradients hold a NaN/Inf, as DeepSpeed's own optimizers do; it sets
+    `overflow`, the flag DeepSpeed's engine reads to report the step as skipped."""
+
+    overflow = False
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.overflow = bool(grads) and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if self.overflow:
+            return None
+        return super().step(closure)
