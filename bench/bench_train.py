@@ -1,6 +1,6 @@
 """Training step time and tokens/s: our trainer against a raw DeepSpeed loop and HF Trainer (issue 3).
 
-Everything runs for real on 2 CPU ranks under the deepspeed launcher (gloo, fp32), with the demo recipe
+Everything runs for real on 2 CPU ranks (`--ranks`) under the deepspeed launcher (gloo, fp32), with the demo recipe
 (`configs/demo.yaml`: tiny LLaVA, LoRA r=16, ZeRO-2, micro batch 8, 1 DataLoader worker per rank),
 no validation split, no checkpoint before the end and one metrics line per 10 steps (as in the demo).
 
@@ -63,7 +63,7 @@ from trainer.processor import load_processor  # noqa: E402
 from trainer.tiny import GENERIC_ENGLISH, build_tiny_model  # noqa: E402
 
 RECIPE = ROOT / "configs/demo.yaml"
-RANKS = 2
+BUILD_WORKERS = 2
 SEED = 0
 CAPTION_WORDS = (3, 150)
 PROMPT = "<image>\nDescribe this image."
@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=["overhead", "throughput"], help="run one of the two parts")
     parser.add_argument("--text-width", type=int, help="widen the tiny LLaVA's language model to this hidden size "
                         "(intermediate 8/3 of it, heads of 64), where compute outweighs per-step fixed costs")
+    parser.add_argument("--ranks", type=int, default=2, help="ranks (deepspeed --num_gpus); with 1, each rank's "
+                        "loader worker has a core of its own, as on GPU nodes with spare cores")
     parser.add_argument("--text-layers", type=int, default=2, help="its layers, with --text-width")
     args = parser.parse_args(argv)
     if not 0 <= args.warmup < args.steps - 1:
@@ -111,7 +113,7 @@ def wider_text(width: int | None, layers: int) -> dict | None:
 def build_split(data_json: Path, out: Path) -> Path:
     """Shards of one `train` split (200 samples each); returns the split folder."""
     report = build(BuildConfig(input=data_json, out=out, seed=SEED, layout=ShardLayout(max_samples=200),
-                               workers=RANKS, overwrite=True, progress=False))
+                               workers=BUILD_WORKERS, overwrite=True, progress=False))
     if report["rejects_by_reason"]:
         raise RuntimeError(f"{data_json}: rejected records {report['rejects_by_reason']}")
     return out / "train"
@@ -153,12 +155,12 @@ def token_lengths(split: Path, model_path: Path) -> dict[str, int]:
     return {sample.key: collator([sample]).num_tokens for sample in stream if not isinstance(sample, Skipped)}
 
 
-def rank_batches(split: Path, micro: int, steps: int) -> list[list[str]]:
+def rank_batches(split: Path, micro: int, steps: int, ranks: int) -> list[list[str]]:
     """The sample keys of every micro-batch the trainer's ranks read in epoch 0, as its stream orders them."""
     batches = []
-    for rank in range(RANKS):
+    for rank in range(ranks):
         config = StreamConfig(batch_size=micro, seed=SEED, shuffle=True, decode=False)
-        keys = [s.key for s in ShardStream(split, config=config, rank=rank, world_size=RANKS) if not isinstance(s, Skipped)]
+        keys = [s.key for s in ShardStream(split, config=config, rank=rank, world_size=ranks) if not isinstance(s, Skipped)]
         batches += [keys[i:i + micro] for i in range(0, len(keys), micro)][:steps]
     return batches
 
@@ -203,10 +205,10 @@ def our_cpu_seconds() -> float:
     return sum(usage.ru_utime + usage.ru_stime for usage in usages)
 
 
-def launch(script: Path, arguments: list[str], log: Path) -> dict:
-    """`deepspeed --num_gpus 2 script ...` with its output in `log`. Returns its wall seconds and the share
+def launch(script: Path, arguments: list[str], log: Path, ranks: int) -> dict:
+    """`deepspeed --num_gpus <ranks> script ...` with its output in `log`. Returns its wall seconds and the share
     of the machine's CPU that other processes used meanwhile (the noise a neighbour adds to this run)."""
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(RANKS),
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
                "--master_port", str(free_port()), str(script), *arguments]
     log.parent.mkdir(parents=True, exist_ok=True)
     start, busy, ours = time.perf_counter(), busy_cpu_seconds(), our_cpu_seconds()
@@ -227,11 +229,12 @@ def recipe_overrides(model: Path, split: Path, steps: int, run_dir: Path, extra:
             "checkpoint.resume=none", "eval.at_start=false", *extra]
 
 
-def run_ours(model: Path, split: Path, steps: int, run_dir: Path, extra: list[str]) -> dict:
+def run_ours(model: Path, split: Path, steps: int, run_dir: Path, extra: list[str], ranks: int) -> dict:
     """launch/train.py, per step: each metrics.jsonl line's perf/* are means over the steps since the
     previous line, so every step of an interval gets its line's step time, tokens and non-pad fraction."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    timing = launch(ROOT / "launch/train.py", recipe_overrides(model, split, steps, run_dir, extra), run_dir.with_suffix(".log"))
+    timing = launch(ROOT / "launch/train.py", recipe_overrides(model, split, steps, run_dir, extra), run_dir.with_suffix(".log"),
+                    ranks)
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [line for line in lines if "perf/step_time_s" in line]
     spans = [line["step"] - previous for line, previous in zip(logged, [0] + [m["step"] for m in logged])]
@@ -247,18 +250,18 @@ def spread(values: list[float], spans: list[int]) -> list[float]:
     return [value for value, span in zip(values, spans) for _ in range(span)]
 
 
-def run_raw(model: Path, split: Path, steps: int, run_dir: Path, feed: str) -> dict:
+def run_raw(model: Path, split: Path, steps: int, run_dir: Path, feed: str, ranks: int) -> dict:
     out = run_dir / "raw.json"
     arguments = ["--steps", str(steps), "--out", str(out), "--feed", feed, *recipe_overrides(model, split, steps, run_dir, [])]
-    timing = launch(ROOT / "bench/raw_ds_loop.py", arguments, run_dir.with_suffix(".log"))
+    timing = launch(ROOT / "bench/raw_ds_loop.py", arguments, run_dir.with_suffix(".log"), ranks)
     return {**timing, **json.loads(out.read_text())}
 
 
-def run_hf(model: Path, split: Path, steps: int, run_dir: Path, extra: list[str]) -> dict:
+def run_hf(model: Path, split: Path, steps: int, run_dir: Path, extra: list[str], ranks: int) -> dict:
     """HF Trainer; its step times are the gaps between `on_step_end` calls (the first from `on_train_begin`)."""
     out = run_dir / "hf.json"
     arguments = ["--steps", str(steps), "--out", str(out), *recipe_overrides(model, split, steps, run_dir, extra)]
-    timing = launch(ROOT / "bench/hf_trainer_loop.py", arguments, run_dir.with_suffix(".log"))
+    timing = launch(ROOT / "bench/hf_trainer_loop.py", arguments, run_dir.with_suffix(".log"), ranks)
     result = json.loads(out.read_text())
     ends = [result["begin"], *result["step_ends"]]
     return {**timing, "engine": result["engine"], "step_time_s": [b - a for a, b in zip(ends, ends[1:])],
@@ -327,9 +330,9 @@ def measure(configs: dict, args: argparse.Namespace) -> dict:
 def overhead(args: argparse.Namespace, model: Path, split: Path) -> dict:
     runs_dir = args.out / "runs"
     configs = {
-        "raw": lambda r: run_raw(model, split, args.steps, runs_dir / f"raw-{r}", "precollated"),
-        "raw_loader": lambda r: run_raw(model, split, args.steps, runs_dir / f"raw-loader-{r}", "loader"),
-        "ours": lambda r: run_ours(model, split, args.steps, runs_dir / f"ours-{r}", []),
+        "raw": lambda r: run_raw(model, split, args.steps, runs_dir / f"raw-{r}", "precollated", args.ranks),
+        "raw_loader": lambda r: run_raw(model, split, args.steps, runs_dir / f"raw-loader-{r}", "loader", args.ranks),
+        "ours": lambda r: run_ours(model, split, args.steps, runs_dir / f"ours-{r}", [], args.ranks),
     }
     runs = measure(configs, args)
     loops = {name: best(figures, "mean_step_s", highest=False) for name, figures in runs.items()}
@@ -344,11 +347,11 @@ def overhead(args: argparse.Namespace, model: Path, split: Path) -> dict:
 def throughput(args: argparse.Namespace, model: Path, split: Path, plan: dict) -> dict:
     runs_dir, padded, packed = args.out / "runs", plan["max_length_padded"], plan["max_length_packed"]
     configs = {
-        "hf": lambda r: run_hf(model, split, args.steps, runs_dir / f"hf-{r}", [f"model.max_length={padded}"]),
+        "hf": lambda r: run_hf(model, split, args.steps, runs_dir / f"hf-{r}", [f"model.max_length={padded}"], args.ranks),
         "padding": lambda r: run_ours(model, split, args.steps, runs_dir / f"padding-{r}",
-                                      [f"model.max_length={padded}", "data.packing=false"]),
+                                      [f"model.max_length={padded}", "data.packing=false"], args.ranks),
         "packing": lambda r: run_ours(model, split, args.steps, runs_dir / f"packing-{r}",
-                                      [f"model.max_length={packed}", "data.packing=true"]),
+                                      [f"model.max_length={packed}", "data.packing=true"], args.ranks),
     }
     runs = measure(configs, args)
     trainers = {name: best(figures, "tokens_per_s", highest=True) for name, figures in runs.items()}
@@ -402,11 +405,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     micro = load(RECIPE).train.micro_batch_size
-    samples = RANKS * micro * args.steps  # one epoch = exactly --steps micro-batches per rank
+    samples = args.ranks * micro * args.steps  # one epoch = exactly --steps micro-batches per rank
     text = wider_text(args.text_width, args.text_layers)
     model = build_tiny_model("llava", args.out / (f"base_model-{args.text_width}x{args.text_layers}" if text else "base_model"), text=text)
     result = {
-        "params": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "ranks": RANKS,
+        "params": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "ranks": args.ranks,
                    "micro_batch_size": micro, "samples_per_dataset": samples, "recipe": str(RECIPE.relative_to(ROOT)),
                    "text_model": text or "the tiny kit's"},
         "machine": machine(),
@@ -416,7 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["overhead"] = overhead(args, model, color_split(args.out / "color", samples))
     if args.only in (None, "throughput"):
         varlen = varlen_split(args.out / "varlen", samples)
-        plan = packing_plan(token_lengths(varlen, model), rank_batches(varlen, micro, args.steps))
+        plan = packing_plan(token_lengths(varlen, model), rank_batches(varlen, micro, args.steps, args.ranks))
         print(f"variable-length data: {json.dumps(plan)}", flush=True)
         result["throughput"] = throughput(args, model, varlen, plan)
     result["total_s"] = time.perf_counter() - started
