@@ -89,11 +89,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(intermediate 8/3 of it, heads of 64), where compute outweighs per-step fixed costs")
     parser.add_argument("--ranks", type=int, default=2, help="ranks (deepspeed --num_gpus); with 1, each rank's "
                         "loader worker has a core of its own, as on GPU nodes with spare cores")
+    parser.add_argument("--micro-batch", type=int, help="micro batch size for every loop (default: the recipe's); "
+                        "more tokens per step make per-step fixed costs matter less, as with real sequence lengths")
     parser.add_argument("--text-layers", type=int, default=2, help="its layers, with --text-width")
     args = parser.parse_args(argv)
     if not 0 <= args.warmup < args.steps - 1:
         parser.error("--warmup must leave at least two timed steps")
     args.out = args.out.resolve()
+    args.common = [f"train.micro_batch_size={args.micro_batch}"] if args.micro_batch else []
     args.deadline = time.monotonic() + args.budget
     return args
 
@@ -250,9 +253,9 @@ def spread(values: list[float], spans: list[int]) -> list[float]:
     return [value for value, span in zip(values, spans) for _ in range(span)]
 
 
-def run_raw(model: Path, split: Path, steps: int, run_dir: Path, feed: str, ranks: int) -> dict:
+def run_raw(model: Path, split: Path, steps: int, run_dir: Path, feed: str, extra: list[str], ranks: int) -> dict:
     out = run_dir / "raw.json"
-    arguments = ["--steps", str(steps), "--out", str(out), "--feed", feed, *recipe_overrides(model, split, steps, run_dir, [])]
+    arguments = ["--steps", str(steps), "--out", str(out), "--feed", feed, *recipe_overrides(model, split, steps, run_dir, extra)]
     timing = launch(ROOT / "bench/raw_ds_loop.py", arguments, run_dir.with_suffix(".log"), ranks)
     return {**timing, **json.loads(out.read_text())}
 
@@ -330,9 +333,10 @@ def measure(configs: dict, args: argparse.Namespace) -> dict:
 def overhead(args: argparse.Namespace, model: Path, split: Path) -> dict:
     runs_dir = args.out / "runs"
     configs = {
-        "raw": lambda r: run_raw(model, split, args.steps, runs_dir / f"raw-{r}", "precollated", args.ranks),
-        "raw_loader": lambda r: run_raw(model, split, args.steps, runs_dir / f"raw-loader-{r}", "loader", args.ranks),
-        "ours": lambda r: run_ours(model, split, args.steps, runs_dir / f"ours-{r}", [], args.ranks),
+        "raw": lambda r: run_raw(model, split, args.steps, runs_dir / f"raw-{r}", "precollated", args.common, args.ranks),
+        "raw_loader": lambda r: run_raw(model, split, args.steps, runs_dir / f"raw-loader-{r}", "loader", args.common,
+                                        args.ranks),
+        "ours": lambda r: run_ours(model, split, args.steps, runs_dir / f"ours-{r}", args.common, args.ranks),
     }
     runs = measure(configs, args)
     loops = {name: best(figures, "mean_step_s", highest=False) for name, figures in runs.items()}
@@ -347,11 +351,12 @@ def overhead(args: argparse.Namespace, model: Path, split: Path) -> dict:
 def throughput(args: argparse.Namespace, model: Path, split: Path, plan: dict) -> dict:
     runs_dir, padded, packed = args.out / "runs", plan["max_length_padded"], plan["max_length_packed"]
     configs = {
-        "hf": lambda r: run_hf(model, split, args.steps, runs_dir / f"hf-{r}", [f"model.max_length={padded}"], args.ranks),
+        "hf": lambda r: run_hf(model, split, args.steps, runs_dir / f"hf-{r}",
+                               [*args.common, f"model.max_length={padded}"], args.ranks),
         "padding": lambda r: run_ours(model, split, args.steps, runs_dir / f"padding-{r}",
-                                      [f"model.max_length={padded}", "data.packing=false"], args.ranks),
+                                      [*args.common, f"model.max_length={padded}", "data.packing=false"], args.ranks),
         "packing": lambda r: run_ours(model, split, args.steps, runs_dir / f"packing-{r}",
-                                      [f"model.max_length={packed}", "data.packing=true"], args.ranks),
+                                      [*args.common, f"model.max_length={packed}", "data.packing=true"], args.ranks),
     }
     runs = measure(configs, args)
     trainers = {name: best(figures, "tokens_per_s", highest=True) for name, figures in runs.items()}
@@ -404,7 +409,7 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    micro = load(RECIPE).train.micro_batch_size
+    micro = args.micro_batch or load(RECIPE).train.micro_batch_size
     samples = args.ranks * micro * args.steps  # one epoch = exactly --steps micro-batches per rank
     text = wider_text(args.text_width, args.text_layers)
     model = build_tiny_model("llava", args.out / (f"base_model-{args.text_width}x{args.text_layers}" if text else "base_model"), text=text)
