@@ -8,10 +8,11 @@ import torch
 
 from conftest import ROOT, run_process_group, training_env
 from trainer import ds_config
+from trainer.checkpoint import TrainerState
 from trainer.config import load
 from trainer.conftools import ConfigError
 from trainer.distributed import free_port
-from trainer.health import FiniteAdamW
+from trainer.health import FiniteAdamW, NonFiniteLossError, count_step
 
 
 @pytest.mark.multiprocess
@@ -64,3 +65,18 @@ def test_a_deepspeed_json_that_turns_the_overflow_checks_off_is_refused(switch, 
 def test_only_zero_stage_0_in_fp32_hands_our_optimizer_unchecked_gradients(stage, precision, unchecked):
     config = load(ROOT / "configs/demo.yaml", [f"deepspeed.zero_stage={stage}", f"train.precision={precision}"])
     assert ds_config.passes_gradients_unchecked(ds_config.resolve(config, 2, 64)) is unchecked
+
+
+def test_skips_after_nan_losses_abort_in_a_row_and_fp16_overflows_never_do():
+    state = TrainerState(step=4)
+    outcomes = [(False, True), (False, False), (False, True), (True, False), (False, True), (False, True)]
+    assert [count_step(state, applied, nonfinite, 3, lambda: "step00000004") for applied, nonfinite in outcomes] == \
+        [False, False, False, True, False, False]
+    assert (state.skipped_steps, state.bad_steps) == (5, 2)  # the applied step reset the run of bad ones
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row .* last good checkpoint: step00000004"):
+        count_step(state, False, True, 3, lambda: "step00000004")
+
+
+def test_a_step_applied_despite_a_nan_loss_stops_the_run():
+    with pytest.raises(NonFiniteLossError, match="applied an optimizer step whose loss was NaN/Inf"):
+        count_step(TrainerState(), True, True, 3, lambda: None)

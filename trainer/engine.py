@@ -32,7 +32,7 @@ from trainer.config import TrainConfig
 from trainer.conftools import ConfigError, to_dict
 from trainer.distributed import WorldInfo, export_env, release_shm_allreduce_buffer
 from trainer.evaluation import EvalCollator, dtype_of, evaluate, move
-from trainer.health import FiniteAdamW, NonFiniteLossError, StepAgreement
+from trainer.health import FiniteAdamW, StepAgreement, count_step
 from trainer.model import parameter_groups, prepare_model
 from trainer.preemption import Preempted, StopRequest
 from trainer.processor import load_processor
@@ -211,31 +211,12 @@ class Trainer:
     def end_optimizer_step(self, agreement: StepAgreement) -> None:
         nonfinite, self.stop_signal = agreement.result()
         pending, self.pending = self.pending, new_pending()
-        if self.engine.was_step_applied():
-            if nonfinite:
-                raise NonFiniteLossError("DeepSpeed applied an optimizer step whose loss was NaN/Inf on some rank: "
-                                         "check the DeepSpeed config's overflow checks")
-            self.state.bad_steps = 0
+        if count_step(self.state, self.engine.was_step_applied(), nonfinite, self.config.train.max_bad_steps,
+                      self.checkpoints.latest_tag):
             self.commit(pending)
             self.after_optimizer_step()
-            return
-        self.skipped(nonfinite)
-        self.handle_stop()
-
-    def skipped(self, nonfinite: bool) -> None:
-        """A step DeepSpeed did not apply: after a NaN/Inf loss (counted towards `train.max_bad_steps`), or
-        an fp16 gradient overflow while its loss scale adapts (normal, only counted)."""
-        self.state.skipped_steps += 1
-        if not nonfinite:
-            log.info("optimizer step skipped: fp16 gradient overflow (loss scale adapting)")
-            return
-        self.state.bad_steps += 1
-        log.warning("non-finite loss at micro-step %d: optimizer step skipped (%d in a row)", self.micro_steps,
-                    self.state.bad_steps)
-        if self.state.bad_steps >= self.config.train.max_bad_steps:
-            raise NonFiniteLossError(f"{self.state.bad_steps} non-finite losses in a row (train.max_bad_steps="
-                                     f"{self.config.train.max_bad_steps}); last good checkpoint: "
-                                     f"{self.checkpoints.latest_tag() or 'none'}")
+        else:
+            self.handle_stop()
 
     def commit(self, pending: dict[str, Any]) -> None:
         self.window["loss"] += float(torch.stack(pending["losses"]).sum())
