@@ -2,9 +2,9 @@
 skip an optimizer step whose loss was NaN on one rank only, on every rank, leaving the weights untouched?
 
 For each ZeRO stage and precision: the DeepSpeed JSON resolved from the demo recipe, our optimizer choice,
-gradient accumulation 2, rank 1's loss NaN in the first micro-step of optimizer step 2. Prints one JSON line
-per configuration into `<folder>/rank<R>.jsonl` (the folder its argument): for each optimizer step, whether DeepSpeed applied it, whether the weights changed and
-whether they are all finite.
+gradient accumulation 2, rank 1's loss NaN in the first micro-step of optimizer step 2. Writes one JSON line
+per configuration to `<folder>/rank<R>.jsonl` (the folder is its argument): for each optimizer step,
+whether DeepSpeed applied it, whether the weights changed and whether they are all finite.
 """
 import json
 import sys
