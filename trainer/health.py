@@ -33,7 +33,8 @@ class StepAgreement:
 
     def __init__(self, losses: list[torch.Tensor], signum: int):
         nonfinite = torch.logical_not(torch.isfinite(torch.stack(losses)).all())
-        self.flags = torch.stack([nonfinite.to(torch.int64), torch.tensor(signum, device=nonfinite.device)])
+        stop = torch.full((), signum, dtype=torch.int64, device=nonfinite.device)  # a fill, not a copy: no sync
+        self.flags = torch.stack([nonfinite.to(torch.int64), stop])
         self.work = dist.all_reduce(self.flags, op=dist.ReduceOp.MAX, async_op=True) if dist.is_initialized() else None
 
     def result(self) -> tuple[bool, int]:
