@@ -33,6 +33,13 @@ def color_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
+@pytest.fixture(scope="session")
+def torch_extensions(tmp_path_factory) -> dict[str, str]:
+    """A private folder for JIT-built DeepSpeed ops (DeepSpeedCPUAdam), shared by this session's tests: a build
+    killed elsewhere leaves a lock in the shared cache that hangs the next build."""
+    return {"TORCH_EXTENSIONS_DIR": str(tmp_path_factory.mktemp("torch_extensions"))}
+
+
 def training_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
             "WANDB_SILENT": "true"}

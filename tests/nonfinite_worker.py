@@ -1,7 +1,8 @@
 """Run by test_health.py under torchrun (2 CPU ranks): does every engine configuration shardtune can build
 skip an optimizer step whose loss was NaN on one rank only, on every rank, leaving the weights untouched?
 
-For each ZeRO stage and precision: the DeepSpeed JSON resolved from the demo recipe, our optimizer choice,
+For each ZeRO stage and precision, and ZeRO-2/3 with the optimizer offloaded to the CPU (DeepSpeedCPUAdam):
+the DeepSpeed JSON resolved from the demo recipe, our optimizer choice,
 gradient accumulation 2, rank 1's loss NaN in the first micro-step of optimizer step 2. Writes one JSON line
 per configuration to `<folder>/rank<R>.jsonl` (the folder is its argument): for each optimizer step,
 whether DeepSpeed applied it, whether the weights changed and whether they are all finite.
@@ -30,13 +31,15 @@ def weights(engine) -> torch.Tensor:
     return torch.cat([p.detach().float().flatten() for p in params])
 
 
-def run(stage: int, precision: str) -> dict:
+def run(stage: int, precision: str, offload: bool = False) -> dict:
     config = load(ROOT / "configs/demo.yaml", [f"deepspeed.zero_stage={stage}", f"train.precision={precision}",
+                                               f"deepspeed.offload={str(offload).lower()}",
                                                "train.micro_batch_size=2", f"train.grad_accum={ACCUM}"])
     resolved = ds_config.resolve(config, dist.get_world_size(), hidden_size=16)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    optimizer = make_optimizer([{"params": list(model.parameters())}], config, offload=False,
+    optimizer = make_optimizer([{"params": list(model.parameters())}], config,
+                               offload=ds_config.offloads_optimizer(resolved),
                                unchecked=ds_config.passes_gradients_unchecked(resolved))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=resolved)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -52,13 +55,15 @@ def run(stage: int, precision: str) -> dict:
         after = weights(engine)
         steps.append({"applied": engine.was_step_applied(), "changed": not torch.equal(before, after),
                       "finite": bool(torch.isfinite(after).all())})
-    return {"rank": dist.get_rank(), "stage": stage, "precision": precision,
+    return {"rank": dist.get_rank(), "stage": stage, "precision": precision, "offload": offload,
             "optimizer": type(optimizer).__name__, "steps": steps}
 
 
 def main(folder: Path) -> None:
     deepspeed.init_distributed(dist_backend="gloo")
-    lines = [json.dumps(run(stage, precision)) for stage in (0, 1, 2, 3) for precision in ("fp32", "bf16")]
+    runs = [run(stage, precision) for stage in (0, 1, 2, 3) for precision in ("fp32", "bf16")]
+    runs += [run(stage, "fp32", offload=True) for stage in (2, 3)]
+    lines = [json.dumps(result) for result in runs]
     (folder / f"rank{dist.get_rank()}.jsonl").write_text("\n".join(lines) + "\n")
 
 

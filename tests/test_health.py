@@ -17,13 +17,15 @@ from trainer.health import FiniteAdamW, NonFiniteLossError, count_step
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_every_engine_skips_the_step_of_a_nan_loss_on_one_rank_on_every_rank(tmp_path):
+@pytest.mark.timeout(900)
+def test_every_engine_skips_the_step_of_a_nan_loss_on_one_rank_on_every_rank(tmp_path, torch_extensions):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), str(ROOT / "tests/nonfinite_worker.py"), str(tmp_path)]
-    result = run_process_group(command, training_env(), timeout=300)
+    result = run_process_group(command, {**training_env(), **torch_extensions}, timeout=800)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads(line) for rank in (0, 1) for line in (tmp_path / f"rank{rank}.jsonl").read_text().splitlines()]
-    assert {(run["stage"], run["precision"]) for run in runs} == {(s, p) for s in range(4) for p in ("fp32", "bf16")}
+    engines = {(s, p, False) for s in range(4) for p in ("fp32", "bf16")} | {(2, "fp32", True), (3, "fp32", True)}
+    assert {(run["stage"], run["precision"], run["offload"]) for run in runs} == engines
     for run in runs:
         applied, skipped, after = run["steps"]
         assert applied == after == {"applied": True, "changed": True, "finite": True}, run

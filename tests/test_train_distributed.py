@@ -120,12 +120,11 @@ def test_bf16_with_gradient_accumulation(tiny_llava, color_shards, tmp_path):
 
 
 @pytest.mark.timeout(1200)
-def test_zero3_cpu_offload(tiny_llava, color_shards, tmp_path):
-    """ZeRO-3 with optimizer and parameters on the CPU (DeepSpeedCPUAdam, JIT-compiled). The build goes to a
-    private extensions folder: a build killed elsewhere leaves a lock in the shared cache that hangs the next."""
+def test_zero3_cpu_offload(tiny_llava, color_shards, tmp_path, torch_extensions):
+    """ZeRO-3 with optimizer and parameters on the CPU (DeepSpeedCPUAdam, JIT-compiled)."""
     run = tmp_path / "offload"
     check(launch_training("python", 1, overrides(tiny_llava, color_shards, run, "train.max_steps=4",
                                                  f"deepspeed.config={ROOT}/configs/deepspeed/zero3-offload.json"),
-                          timeout=1100, env={"TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")}))
+                          timeout=1100, env=torch_extensions))
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["zero_stage"] == 3 and summary["steps"] == 4
