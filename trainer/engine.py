@@ -33,6 +33,7 @@ from trainer.conftools import ConfigError, to_dict
 from trainer.distributed import WorldInfo, export_env, release_shm_allreduce_buffer
 from trainer.evaluation import EvalCollator, dtype_of, evaluate, move
 from trainer.health import FiniteAdamW, StepAgreement, count_step
+from trainer.jit_ops import check_build_lock
 from trainer.model import parameter_groups, prepare_model
 from trainer.preemption import Preempted, StopRequest
 from trainer.processor import load_processor
@@ -354,7 +355,9 @@ def make_optimizer(groups: list[dict], config: TrainConfig, offload: bool, unche
     kwargs = dict(lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
     if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from deepspeed.ops.op_builder import CPUAdamBuilder
 
+        check_build_lock(CPUAdamBuilder.NAME)
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
     return (FiniteAdamW if unchecked else torch.optim.AdamW)(groups, **kwargs)
 
