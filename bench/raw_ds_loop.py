@@ -75,8 +75,7 @@ def make_engine(model, parts, config: TrainConfig, world_size: int):
     hidden = getattr(getattr(model.config, "text_config", model.config), "hidden_size", 1024)
     resolved = ds_config.resolve(config, world_size, hidden)
     groups = parameter_groups(model, parts, config)
-    optimizer = make_optimizer(groups, config, offload=ds_config.offloads_optimizer(resolved),
-                               unchecked=ds_config.passes_gradients_unchecked(resolved))
+    optimizer = make_optimizer(groups, config, resolved)
     opt = config.optimizer
     scheduler = build_scheduler(optimizer, config.train.max_steps, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=resolved)

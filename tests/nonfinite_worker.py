@@ -38,9 +38,7 @@ def run(stage: int, precision: str, offload: bool = False) -> dict:
     resolved = ds_config.resolve(config, dist.get_world_size(), hidden_size=16)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    optimizer = make_optimizer([{"params": list(model.parameters())}], config,
-                               offload=ds_config.offloads_optimizer(resolved),
-                               unchecked=ds_config.passes_gradients_unchecked(resolved))
+    optimizer = make_optimizer([{"params": list(model.parameters())}], config, resolved)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=resolved)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     steps = []

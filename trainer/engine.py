@@ -121,8 +121,7 @@ class Trainer:
         hidden = getattr(getattr(self.model.config, "text_config", self.model.config), "hidden_size", 1024)
         resolved = ds_config.resolve(config, self.world.world_size, hidden)
         groups = parameter_groups(self.model, self.parts, config)
-        optimizer = make_optimizer(groups, config, offload=ds_config.offloads_optimizer(resolved),
-                                   unchecked=ds_config.passes_gradients_unchecked(resolved))
+        optimizer = make_optimizer(groups, config, resolved)
         opt = config.optimizer
         scheduler = build_scheduler(optimizer, self.total_steps, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
         engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -348,18 +347,19 @@ def new_pending() -> dict[str, Any]:
     return {"losses": [], "tokens": 0, "slots": 0, "samples": 0}
 
 
-def make_optimizer(groups: list[dict], config: TrainConfig, offload: bool, unchecked: bool) -> torch.optim.Optimizer:
-    """AdamW; DeepSpeed's CPU Adam when optimizer state lives on the CPU (ZeRO-Offload requires it);
-    `FiniteAdamW` where DeepSpeed passes the gradients on `unchecked` for NaN/Inf (`trainer.health`)."""
+def make_optimizer(groups: list[dict], config: TrainConfig, resolved: dict[str, Any]) -> torch.optim.Optimizer:
+    """AdamW for the `resolved` DeepSpeed config; DeepSpeed's CPU Adam when optimizer state lives on the CPU
+    (ZeRO-Offload requires it); `FiniteAdamW` where DeepSpeed passes the gradients on unchecked for NaN/Inf
+    (`trainer.health`)."""
     opt = config.optimizer
     kwargs = dict(lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
-    if offload:
+    if ds_config.offloads_optimizer(resolved):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         from deepspeed.ops.op_builder import CPUAdamBuilder
 
         check_build_lock(CPUAdamBuilder.NAME)
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
-    return (FiniteAdamW if unchecked else torch.optim.AdamW)(groups, **kwargs)
+    return (FiniteAdamW if ds_config.passes_gradients_unchecked(resolved) else torch.optim.AdamW)(groups, **kwargs)
 
 
 def memory_metrics() -> dict[str, float]:
