@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_args = training_arguments(config, args, world.world_size, hidden_size(config.model.path))
     seed_everything(config.train.seed)  # as the trainer does before building the model: the same LoRA init
     model, _ = prepare_model(config, hf_args.device)
-    collator = make_collator(load_processor(config.model.path), model.config, config)
+    collator = make_collator(load_processor(config.model.path), model, config)
     clock = StepClock()
     trainer = CountingTrainer(model=model, args=hf_args, train_dataset=SplitSamples(config.data.train),
                               data_collator=PaddedInputs(collator), callbacks=[clock])

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     device = init_distributed(world)
     seed_everything(config.train.seed)
     model, parts = prepare_model(config, device)
-    collator = make_collator(load_processor(config.model.path), model.config, config)
+    collator = make_collator(load_processor(config.model.path), model, config)
     stream = trainer_stream(config, world.rank, world.world_size)
     if args.feed == "precollated":
         batches, collate_seconds = precollated(stream, collator, args.steps)

@@ -1,7 +1,8 @@
 """`launch/train.py`: parse `--config C [section.key=value ...]`, discover the world, train.
 
 Works under `deepspeed launch/train.py`, `torchrun --nproc_per_node N launch/train.py` and plain
-`python launch/train.py` (a single process); `--local_rank` from older launchers is accepted.
+`python launch/train.py` (a single process); `--local_rank` from older launchers is accepted. Options and
+overrides may come in any order. Every path is checked (`trainer.preflight`) before the model loads.
 """
 from __future__ import annotations
 
@@ -29,11 +30,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)  # `--config C a.b=1 --resume auto c.d=2` too
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+    from trainer.preflight import preflight  # imports torch: not for --help
+
     try:
         config = load(args.config, overrides)
         world = world_from_env()
+        preflight(config)  # on every rank, before any collective: each fails alike, with exit code 2
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

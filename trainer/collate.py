@@ -1,23 +1,27 @@
 """Samples → model batch through the model's own processor and chat template.
 
-Labels keep only assistant answers (the template's `{% generation %}` spans). Every batch is
-checked: each sample keeps at least one supervised token, and its image tokens match what its
-images produce — otherwise a `BatchError` names the sample, instead of a silent loss of 0 or the
-model's "image features and image tokens do not match" deep in the forward. Samples longer than
-`max_length` are dropped whole and counted (truncation would cut image tokens).
+Labels keep only the assistant answers, each through the token that ends its turn, found by rendering
+the conversation (`trainer.chat.answers`), so any published template works, with or without
+`{% generation %}` markers. Every batch is checked: each sample keeps at least one supervised token,
+and its image tokens match what its images produce — otherwise a `BatchError` names the sample,
+instead of a silent loss of 0 or the model's "image features and image tokens do not match" deep in
+the forward. Samples longer than `max_length` are dropped whole and counted (truncation would cut
+image tokens). A micro-batch without images can carry one blank image that no token attends to
+(`trainer.blank_image`), so that every rank runs the vision tower in every step.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
-from transformers import BatchFeature
 
 from data_shards.sample import IMAGE_TOKEN, Sample
-
-IGNORE_INDEX = -100
+from trainer.chat.answers import AnswerFinder, TemplateError
+from trainer.chat.template import ChatRenderer
+from trainer.blank_image import BlankImage
+from trainer.chat.tokens import IGNORE_INDEX, tokenize
+from trainer.packing import mrope_merge, pack
 
 
 class BatchError(ValueError):
@@ -36,24 +40,45 @@ class Batch:
         return len(self.keys)
 
 
-def conversation(sample: Sample, with_answer: bool = True) -> list[dict[str, Any]]:
-    """Chat messages with typed parts; each `<image>` placeholder becomes the next image, in order."""
+def question(sample: Sample) -> Sample:
+    """The sample up to its final answer (its last assistant turn) with the images of those turns; a sample
+    without an answer is all question."""
+    answered = [index for index, turn in enumerate(sample.turns) if turn.role == "assistant"]
+    if not answered:
+        return sample
+    turns = sample.turns[:answered[-1]]
+    return replace(sample, turns=turns, images=sample.images[:sum(t.text.count(IMAGE_TOKEN) for t in turns)])
+
+
+def messages(sample: Sample, with_answer: bool = True, image=lambda data: {}) -> list[dict[str, Any]]:
+    """Chat messages with typed parts; each `<image>` placeholder becomes an image part, in order, carrying
+    `image(data)` (nothing by default: templates only look at the part's type). Without the answer: the turns
+    before the last assistant turn."""
     if sample.placeholder_count() != len(sample.images):
         raise BatchError(f"sample {sample.key!r}: {sample.placeholder_count()} {IMAGE_TOKEN} placeholders "
                          f"for {len(sample.images)} images")
     images = iter(sample.images)
-    turns = sample.turns if with_answer else sample.turns[:last_assistant(sample)]
-    messages = []
-    for turn in turns:
+    result = []
+    for turn in (sample if with_answer else question(sample)).turns:
         parts = []
         for position, text in enumerate(turn.text.split(IMAGE_TOKEN)):
             if position:
-                parts.append({"type": "image", "image": next(images).decode()})
+                parts.append({"type": "image", **image(next(images))})
             text = text.lstrip("\n") if position else text
             if text:
                 parts.append({"type": "text", "text": text})
-        messages.append({"role": turn.role, "content": parts})
-    return messages
+        result.append({"role": turn.role, "content": parts})
+    return result
+
+
+def conversation(sample: Sample, with_answer: bool = True) -> list[dict[str, Any]]:
+    """`messages` with each image part carrying its decoded image, as transformers' chat templates take them."""
+    return messages(sample, with_answer, image=lambda data: {"image": data.decode()})
+
+
+def prompt_images(sample: Sample) -> list:
+    """The sample's decoded images, in placeholder order."""
+    return [data.decode() for data in sample.images]
 
 
 def last_assistant(sample: Sample) -> int:
@@ -63,26 +88,57 @@ def last_assistant(sample: Sample) -> int:
     raise BatchError(f"sample {sample.key!r} has no assistant turn")
 
 
+def end_tokens(processor, generation_config=None) -> list[str]:
+    """The tokens a model emits to end its turn: the tokenizer's eos first (inserted where a template writes no
+    end-of-turn token), then the generation config's eos ids (e.g. Llama 3's <|eot_id|>)."""
+    tokenizer = processor.tokenizer
+    ids = getattr(generation_config, "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    tokens = [tokenizer.eos_token] + tokenizer.convert_ids_to_tokens(ids)
+    return list(dict.fromkeys(t for t in tokens if t))
+
+
+def build_collator(processor, model, max_length: int, template_source: str, packing: bool = False,
+                   supervise: str = "all", blank_image: bool = False) -> Collator:
+    """The collator for `model` (its config and generation config): image-token rule, end-of-turn tokens, and a
+    blank image for image-less micro-batches when several ranks must run the same modules."""
+    collator = Collator(processor, max_length, *token_check_for(model.config), packing=packing,
+                        template_source=template_source, supervise=supervise,
+                        end_tokens=end_tokens(processor, getattr(model, "generation_config", None)),
+                        mrope_merge=mrope_merge(model.config))
+    if blank_image:
+        collator.blank_image = BlankImage(processor, collator.renderer.image_text())
+    return collator
+
+
 class Collator:
-    """Picklable (runs in DataLoader workers): holds the processor and the per-image token check."""
+    """Picklable (runs in DataLoader workers): holds the processor, the answer finder and the per-image token check."""
 
     def __init__(self, processor, max_length: int, image_token_id: int | None, tokens_per_image=None,
-                 packing: bool = False):
+                 packing: bool = False, template_source: str = "the model's chat template",
+                 end_tokens: list[str] | None = None, supervise: str = "all", blank_image=None,
+                 mrope_merge: int | None = None):
         self.processor = processor
         self.max_length = max_length
         self.image_token_id = image_token_id
         self.tokens_per_image = tokens_per_image
         self.packing = packing
+        self.renderer = ChatRenderer(processor, template_source)
+        self.answers = AnswerFinder(self.renderer, end_tokens or [processor.tokenizer.eos_token], supervise)
+        self.blank_image = blank_image
+        self.mrope_merge = mrope_merge
+
+    def render(self, sample: Sample):
+        try:
+            return self.answers(messages(sample))
+        except TemplateError as error:
+            raise BatchError(f"sample {sample.key!r}: {error}") from None
 
     def encode(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        """The processor's encoding as tensors. Converted here, after the assistant masks are made: asked for
-        tensors, transformers builds the masks by iterating offset-mapping tensors element by element, which
-        took three quarters of the collate time."""
-        encoded = self.processor.apply_chat_template(
-            [conversation(s) for s in samples], tokenize=True, return_dict=True, return_tensors=None,
-            return_assistant_tokens_mask=True, processor_kwargs={"padding": True},
-        )
-        return BatchFeature(dict(encoded), tensor_type="pt")
+        """The processor's encoding as tensors, with `answer_mask` marking the supervised tokens."""
+        rendered = [self.render(s) for s in samples]
+        return tokenize(self.processor, [r.text for r in rendered], [prompt_images(s) for s in samples],
+                        [r.spans for r in rendered])
 
     def __call__(self, samples: list[Sample]) -> Batch:
         dropped, kept = [], list(samples)
@@ -100,16 +156,18 @@ class Collator:
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         if self.packing:
             inputs = pack(inputs, lengths, [len(s.images) for s in kept], self.max_length,
-                          self.processor.tokenizer.pad_token_id)
+                          self.processor.tokenizer.pad_token_id, self.mrope_merge)
+        if self.blank_image is not None and not any(s.images for s in kept):
+            inputs = self.blank_image.add(inputs, packed=self.packing)
         slots = inputs["input_ids"].numel()
         return Batch(inputs, [s.key for s in kept], dropped, int(sum(lengths)), slots)
 
     def finish(self, encoded: dict[str, torch.Tensor], samples: list[Sample]) -> dict[str, torch.Tensor]:
-        mask = encoded.pop("assistant_masks").bool() & encoded["attention_mask"].bool()
+        mask = encoded.pop("answer_mask").bool() & encoded["attention_mask"].bool()
         for row, sample in enumerate(samples):
             if not mask[row].any():
-                raise BatchError(f"sample {sample.key!r}: no supervised token (the chat template marks no "
-                                 "assistant answer with {% generation %}, or the answer is empty)")
+                raise BatchError(f"sample {sample.key!r}: no supervised token (the answer is empty, or the "
+                                 "chat template does not write it)")
         self.check_image_tokens(encoded, samples)
         encoded["labels"] = torch.where(mask, encoded["input_ids"], IGNORE_INDEX)
         return dict(encoded)
@@ -123,71 +181,6 @@ class Collator:
             if have != want:
                 raise BatchError(f"sample {sample.key!r}: {have} image tokens in the text but its "
                                  f"{len(sample.images)} images give {want} features")
-
-
-PER_TOKEN = ("input_ids", "attention_mask", "labels")
-PER_IMAGE = ("pixel_values", "image_sizes")  # one entry per image, the batch's images in sample order
-
-
-def packed_rows(lengths: list[int], max_length: int) -> list[list[int]]:
-    """The samples of a micro-batch in the fewest rows of at most `max_length` tokens that a greedy
-    balance finds: longest first, each into the row with the fewest tokens so far, so that rows come
-    out alike in length (little padding). Samples within a row keep their batch order."""
-    order = sorted(range(len(lengths)), key=lambda index: (-lengths[index], index))
-    for count in range(max(1, -(-sum(lengths) // max_length)), len(lengths) + 1):
-        rows: list[list[int]] = [[] for _ in range(count)]
-        totals = [0] * count
-        for index in order:
-            lightest = totals.index(min(totals))
-            rows[lightest].append(index)
-            totals[lightest] += lengths[index]
-        if max(totals) <= max_length:
-            return sorted((sorted(row) for row in rows if row), key=lambda row: row[0])
-    return [[index] for index in range(len(lengths))]
-
-
-def pack(inputs: dict[str, torch.Tensor], lengths: list[int], images_per_sample: list[int], max_length: int,
-         pad_id: int) -> dict[str, torch.Tensor]:
-    """Several samples per row, no attention mask: position ids restart at each sample, which the model's
-    attention turns into a block-diagonal causal mask (sdpa, eager) or variable-length kernels (flash).
-    transformers detects this only without a KV cache: forward with `use_cache=False`. Rows may take
-    samples out of batch order; the per-image inputs are reordered with them, since the model hands the
-    image features to the image tokens in reading order."""
-    unknown = [k for k in inputs if k not in PER_TOKEN and k not in PER_IMAGE]
-    if unknown:
-        raise BatchError(f"cannot pack: inputs {unknown} have no packed form (set data.packing=false)")
-    rows = packed_rows(lengths, max_length)
-    width = max(sum(lengths[i] for i in row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=inputs["input_ids"].dtype)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=inputs["labels"].dtype)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, members in enumerate(rows):
-        offset = 0
-        for index in members:
-            real = inputs["attention_mask"][index].bool()
-            input_ids[row, offset:offset + lengths[index]] = inputs["input_ids"][index][real]
-            labels[row, offset:offset + lengths[index]] = inputs["labels"][index][real]
-            positions[row, offset:offset + lengths[index]] = torch.arange(lengths[index])
-            offset += lengths[index]
-        positions[row, offset:] = torch.arange(width - offset)
-    images = image_order([index for row in rows for index in row], images_per_sample)
-    per_image = {k: inputs[k][images] for k in PER_IMAGE if k in inputs}
-    return {**per_image, "input_ids": input_ids, "labels": labels, "position_ids": positions}
-
-
-def image_order(sample_order: list[int], images_per_sample: list[int]) -> torch.Tensor:
-    """Indices of the batch's images when its samples are read in `sample_order`."""
-    starts = np.concatenate([[0], np.cumsum(images_per_sample)]).astype(int)
-    return torch.tensor([i for s in sample_order for i in range(starts[s], starts[s + 1])], dtype=torch.long)
-
-
-def packing_problem(model_config) -> str | None:
-    """Why packing cannot work for this model, or None: 3-D multimodal rotary positions cannot restart per sample."""
-    text = getattr(model_config, "text_config", model_config)
-    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
-    if isinstance(rope, dict) and "mrope_section" in rope:
-        return f"{model_config.model_type} uses multimodal rotary positions (mrope); set data.packing=false"
-    return None
 
 
 @dataclass

@@ -38,6 +38,8 @@ class DataSection:
     on_corrupt: str = option("skip", help="a damaged shard or sample is skipped and counted, or stops the run",
                              choices=("skip", "fail"))
     packing: bool = option(False, help="pack several samples per sequence (models that support it)")
+    supervise: str = option("all", help="assistant turns trained on: every one, or only the last of each conversation",
+                            choices=("all", "last"))
 
 
 @dataclass

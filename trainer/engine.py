@@ -27,7 +27,8 @@ from data_shards.order import samples_per_rank
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig
 from trainer import ds_config
 from trainer.checkpoint import RUN_CONFIG, CheckpointManager, TrainerState, config_hash, save_adapter
-from trainer.collate import Batch, Collator, packing_problem, token_check_for
+from trainer.chat.template import template_source
+from trainer.collate import Batch, Collator, build_collator
 from trainer.config import TrainConfig
 from trainer.conftools import ConfigError, to_dict
 from trainer.distributed import WorldInfo, export_env, release_shm_allreduce_buffer
@@ -81,7 +82,7 @@ class Trainer:
         seed_everything(config.train.seed)
         self.model, self.parts = prepare_model(config, self.device)
         self.processor = load_processor(config.model.path)
-        self.collator = make_collator(self.processor, self.model.config, config)
+        self.collator = make_collator(self.processor, self.model, config, world.world_size)
         self.train_loader = self.make_loader(config.data.train, self.collator, shuffle=True)
         self.val_loader = self.make_loader(config.data.val, EvalCollator(self.collator), shuffle=False) if config.data.val else None
         self.total_steps = self.planned_steps()
@@ -328,12 +329,10 @@ class Trainer:
         return summary
 
 
-def make_collator(processor, model_config, config: TrainConfig) -> Collator:
-    if config.data.packing:
-        problem = packing_problem(model_config)
-        if problem:
-            raise ConfigError([f"data.packing: {problem}"])
-    return Collator(processor, config.model.max_length, *token_check_for(model_config), packing=config.data.packing)
+def make_collator(processor, model, config: TrainConfig, world_size: int = 1) -> Collator:
+    """The run's collator; with several ranks, micro-batches without images carry a blank one (`trainer.blank_image`)."""
+    return build_collator(processor, model, config.model.max_length, template_source(config.model.path),
+                          packing=config.data.packing, supervise=config.data.supervise, blank_image=world_size > 1)
 
 
 def new_window(started: float | None = None) -> dict[str, Any]:

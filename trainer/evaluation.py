@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 
 from data_shards.sample import Sample
-from trainer.collate import Batch, Collator, conversation, last_assistant
+from trainer.chat.tokens import tokenize
+from trainer.collate import Batch, Collator, last_assistant, messages, prompt_images, question
 
 
 def normalise(text: str) -> str:
@@ -26,6 +27,17 @@ class EvalBatch:
     batch: Batch
     prompts: dict[str, torch.Tensor] | None
     answers: list[str]
+
+
+def prompt_inputs(collator: Collator, processor, samples: list[Sample]) -> dict[str, torch.Tensor]:
+    """Each sample's conversation up to its last answer with the generation prompt, tokenized as training
+    tokenizes (`processor` left-padding), so a prompt is exactly the tokens training puts before that answer."""
+    asked = [question(s) for s in samples]
+    texts = [collator.renderer.render(messages(s), generation_prompt=True) for s in asked]
+    inputs = dict(tokenize(processor, texts, [prompt_images(s) for s in asked]))
+    if collator.blank_image is not None and not any(s.images for s in asked):
+        inputs = collator.blank_image.add(inputs, left=True)
+    return inputs
 
 
 class EvalCollator:
@@ -41,12 +53,9 @@ class EvalCollator:
         kept = [s for s in samples if s.key in set(batch.keys)]
         if not kept:
             return EvalBatch(batch, None, [])
-        prompts = self.processor.apply_chat_template(
-            [conversation(s, with_answer=False) for s in kept], add_generation_prompt=True, tokenize=True,
-            return_dict=True, return_tensors="pt", processor_kwargs={"padding": True},
-        )
+        prompts = prompt_inputs(self.collator, self.processor, kept)
         answers = [s.turns[last_assistant(s)].text for s in kept]
-        return EvalBatch(batch, dict(prompts), answers)
+        return EvalBatch(batch, prompts, answers)
 
 
 def move(inputs: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:

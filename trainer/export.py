@@ -434,10 +434,12 @@ def verification_batches(samples: list, out: Path, max_length: int) -> list[dict
     """One sample per batch (no padding), encoded by the exported processor as in training."""
     from transformers import AutoConfig
 
+    from trainer.chat.template import template_source
     from trainer.collate import Collator, token_check_for
     from trainer.processor import load_processor
 
-    collator = Collator(load_processor(out), max_length, *token_check_for(AutoConfig.from_pretrained(out)))
+    collator = Collator(load_processor(out), max_length, *token_check_for(AutoConfig.from_pretrained(out)),
+                        template_source=template_source(out))
     batches = [collator([sample]) for sample in samples]
     kept = [{k: v for k, v in batch.inputs.items() if k != "labels"} for batch in batches if len(batch)]
     if not kept:

@@ -25,8 +25,9 @@ from PIL import Image, UnidentifiedImageError
 
 from data_shards.sample import IMAGE_TOKEN, ImageData, Sample, Turn
 from trainer.checkpoint import LATEST, RUN_CONFIG
-from trainer.collate import IGNORE_INDEX, Batch, Collator, conversation, token_check_for
-from trainer.evaluation import EvalBatch, dtype_of, generate, move
+from trainer.chat.template import template_source
+from trainer.collate import IGNORE_INDEX, Batch, build_collator, question
+from trainer.evaluation import EvalBatch, dtype_of, generate, move, prompt_inputs
 from trainer.model import DTYPES, four_bit_config
 from trainer.processor import load_processor
 
@@ -138,12 +139,6 @@ def default_device(local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def question(sample: Sample) -> Sample:
-    """The sample up to its final answer (its last assistant turn, cut as training evaluation cuts it)."""
-    answered = [index for index, turn in enumerate(sample.turns) if turn.role == "assistant"]
-    return replace(sample, turns=sample.turns[:answered[-1]]) if answered else sample
-
-
 def with_answer(sample: Sample, answer: str, number: int) -> Sample:
     asked = question(sample)
     return replace(asked, key=f"{sample.key}#{number}", turns=[*asked.turns, Turn("assistant", answer)])
@@ -185,17 +180,14 @@ class Predictor:
         self.device = device
         self.rows_per_forward = rows_per_forward
         self.tokenizer = processor.tokenizer
-        self.scorer = Collator(processor, sys.maxsize, *token_check_for(model.config))
+        self.scorer = build_collator(processor, model, sys.maxsize, template_source(model.name_or_path))
         self.prompter = copy.deepcopy(processor)
         self.prompter.tokenizer.padding_side = "left"
 
     @torch.no_grad()
     def generate(self, samples: list[Sample], max_new_tokens: int) -> list[str]:
-        prompts = self.prompter.apply_chat_template(
-            [conversation(question(s)) for s in samples], add_generation_prompt=True, tokenize=True,
-            return_dict=True, return_tensors="pt", processor_kwargs={"padding": True},
-        )
-        item = EvalBatch(Batch({}, [s.key for s in samples]), dict(prompts), [])
+        prompts = prompt_inputs(self.scorer, self.prompter, samples)
+        item = EvalBatch(Batch({}, [s.key for s in samples]), prompts, [])
         answers = generate(self.model, item, self.tokenizer, self.device, max_new_tokens, synced=False)
         return [answer.strip() for answer in answers]
 

@@ -1,0 +1,1 @@
+"""Chat templates as published: rendering, answer spans found without template markers, tokenization."""
