@@ -1,4 +1,4 @@
-"""The build pipeline: read → check (parallel) → dedupe → split → write shards (parallel) → report.
+"""The build pipeline: read → check (parallel) → dedupe, unique keys → split → write shards (parallel) → report.
 
 Images are prepared twice: once to check them (keeping only what was learnt, never the pixels,
 so memory stays flat on large datasets, and the split can be planned from the whole dataset) and
@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
+from data_shards.dedupe import dedupe
 from data_shards.images import ImagePolicy
 from data_shards.records import RawSample, Reject
 from data_shards.report import build_report, dataset_stats, write_report
@@ -42,6 +43,7 @@ class BuildConfig:
     layout: ShardLayout = field(default_factory=ShardLayout)
     options: SourceOptions = field(default_factory=SourceOptions)
     workers: int = 0
+    keep_duplicates: bool = False
     overwrite: bool = False
     write_shards: bool = True
     progress: bool = True
@@ -58,15 +60,15 @@ def build(config: BuildConfig) -> dict[str, Any]:
     results = run_parallel(check, raws, config.workers, "check", config.progress)
     checked = [r for r in results if isinstance(r, CheckedSample)]
     rejects += [r for r in results if isinstance(r, Reject)]
-    kept, duplicates = dedupe(checked)
-    rejects += duplicates
+    deduped = dedupe(checked, config.keep_duplicates)
+    kept, rejects = deduped.kept, rejects + deduped.rejects
     splits = split_samples(kept, config)
     write_rejects(config.out / REJECTS_NAME, rejects)
     header = index_header(source, config, kept)
     shard_infos = {}
     if config.write_shards:
         shard_infos = {name: write_split(name, members, source, config, header) for name, members in splits.items()}
-    report = build_report(len(records), kept, rejects, splits, shard_infos, header)
+    report = build_report(len(records), kept, rejects, splits, shard_infos, header, deduped.summary())
     write_report(config.out, report)
     return report
 
@@ -88,24 +90,6 @@ def run_parallel(function: Callable, items: list, workers: int, desc: str, progr
     chunk = max(1, min(64, len(items) // (workers * 8)))
     with context.Pool(workers) as pool:
         return list(bar(pool.imap(function, items, chunksize=chunk)))
-
-
-def dedupe(checked: list[CheckedSample]) -> tuple[list[CheckedSample], list[Reject]]:
-    """Keep the first of each exact duplicate and of each key; report every drop."""
-    kept, rejects = [], []
-    seen_content: dict[str, str] = {}
-    seen_keys: set[str] = set()
-    for sample in checked:
-        raw, identity = sample.raw, sample.identity()
-        if identity in seen_content:
-            rejects.append(Reject(raw.key, "duplicate_sample", f"same content as {seen_content[identity]!r}", raw.origin))
-        elif raw.key in seen_keys:
-            rejects.append(Reject(raw.key, "duplicate_key", "key used by an earlier sample with different content", raw.origin))
-        else:
-            seen_content[identity] = raw.key
-            seen_keys.add(raw.key)
-            kept.append(sample)
-    return kept, rejects
 
 
 def split_samples(kept: list[CheckedSample], config: BuildConfig) -> dict[str, list[CheckedSample]]:
@@ -156,6 +140,7 @@ def index_header(source: Source, config: BuildConfig, kept: list[CheckedSample])
             "max_pixels": config.policy.max_pixels,
             "max_side": config.policy.max_side,
             "jpeg_quality": config.policy.jpeg_quality,
+            "keep_duplicates": config.keep_duplicates,
             "shard_max_samples": config.layout.max_samples,
             "shard_max_bytes": config.layout.max_bytes,
         },

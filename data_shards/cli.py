@@ -37,6 +37,8 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     checks.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject images with more pixels")
     checks.add_argument("--max-side", type=int, help="re-encode so the longest side is at most this (JPEG)")
     checks.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality when re-encoding")
+    checks.add_argument("--keep-duplicates", action="store_true",
+                        help="keep exact duplicate samples (same text and images) instead of rejecting them")
     parser.add_argument("--workers", type=int, default=default_workers(), help="worker processes (0: in-process)")
     parser.add_argument("--seed", type=int, default=0, help="seed for splits")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -73,6 +75,7 @@ def config_from_args(args: argparse.Namespace, write_shards: bool) -> BuildConfi
         layout=ShardLayout(args.shard_samples, args.shard_bytes) if write_shards else ShardLayout(),
         options=options,
         workers=args.workers,
+        keep_duplicates=args.keep_duplicates,
         overwrite=getattr(args, "overwrite", False) or not write_shards,
         write_shards=write_shards,
         progress=not args.no_progress,
@@ -95,6 +98,11 @@ def print_summary(report: dict, out: Path) -> None:
     print(f"read {report['read']} = written {report['written']} + rejected {report['rejected']}")
     for reason, count in report["rejects_by_reason"].items():
         print(f"  rejected {count:6d}  {reason}")
+    renamed = report["renamed_keys"]
+    if renamed["count"]:
+        print(f"  renamed  {renamed['count']:6d}  repeating an earlier id ({renamed['repeated_ids']} ids)")
+    if report["kept_duplicates"]:
+        print(f"  kept     {report['kept_duplicates']:6d}  exact duplicates")
     for name, split in report["splits"].items():
         print(f"  {name}: {split['samples']} samples in {split['shards']} shards")
     print(f"report: {out / 'report.md'}")

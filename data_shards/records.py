@@ -18,7 +18,6 @@ REASONS = {
     "missing_caption": "an image has no caption file",
     "empty_answer": "no assistant turn, or an empty one",
     "placeholder_mismatch": "the number of <image> placeholders differs from the number of images",
-    "duplicate_key": "a key seen before, with different content",
     "duplicate_sample": "an exact copy (same text and images) of an earlier sample",
 }
 
@@ -29,7 +28,8 @@ class SourceError(Exception):
 
 @dataclass
 class RawSample:
-    """A sample as a source describes it: images are still references relative to the image root."""
+    """A sample as a source describes it: images are still references, relative to the image root or absolute
+    inside it (`validate.root_relative` makes them relative)."""
 
     key: str
     image_refs: list[str]

@@ -1,7 +1,7 @@
 """The build report: counts that reconcile (read = written + rejected), reasons, and dataset statistics.
 
 Unusual-but-valid properties (shared images, an image used twice in one sample, normalised
-colour modes, non-ASCII text) are statistics here, never rejections.
+colour modes, non-ASCII text, ids repeated with different content) are statistics here, never rejections.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ class ReconciliationError(AssertionError):
 
 def build_report(read: int, kept: list[CheckedSample], rejects: list[Reject],
                  splits: dict[str, list[CheckedSample]], shards: dict[str, list[ShardInfo]],
-                 header: dict[str, Any]) -> dict[str, Any]:
+                 header: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
+    """`keys`: `Deduped.summary()` (repeated ids renamed, exact duplicates kept)."""
     report = {
         "read": read,
         "written": len(kept),
@@ -32,6 +33,7 @@ def build_report(read: int, kept: list[CheckedSample], rejects: list[Reject],
         "rejects_by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
         "splits": split_summary(splits, shards),
         "stats": dataset_stats(kept),
+        **keys,
         **header,
     }
     check_reconciled(report, splits, shards)
@@ -41,8 +43,11 @@ def build_report(read: int, kept: list[CheckedSample], rejects: list[Reject],
 def check_reconciled(report: dict[str, Any], splits: dict, shards: dict) -> None:
     if report["read"] != report["written"] + report["rejected"]:
         raise ReconciliationError(f"read {report['read']} != written {report['written']} + rejected {report['rejected']}")
-    if sum(len(members) for members in splits.values()) != report["written"]:
-        raise ReconciliationError(f"splits hold {sum(map(len, splits.values()))} samples, expected {report['written']}")
+    keys = [m.raw.key for members in splits.values() for m in members]
+    if len(set(keys)) != len(keys):
+        raise ReconciliationError(f"{len(keys) - len(set(keys))} written samples share a key")
+    if len(keys) != report["written"]:
+        raise ReconciliationError(f"splits hold {len(keys)} samples, expected {report['written']}")
     for name, infos in shards.items():
         if sum(info.samples for info in infos) != len(splits[name]):
             raise ReconciliationError(f"split {name}: shards hold {sum(i.samples for i in infos)} of {len(splits[name])}")
@@ -135,7 +140,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Rejected", "", "| reason | count | meaning |", "|---|---:|---|"]
     for reason, count in report["rejects_by_reason"].items():
         lines.append(f"| `{reason}` | {count} | {REASONS[reason]} |")
-    lines += ["", "Every rejected sample is listed in `rejects.jsonl`.", "", "## Statistics", ""]
+    lines += ["", "Every rejected sample is listed in `rejects.jsonl`.", ""] + key_lines(report)
+    lines += ["## Statistics", ""]
     stats = report["stats"]
     if stats["classes"]:
         lines.append(f"- classes: {len(stats['classes'])}, imbalance ratio (largest/smallest) {stats['imbalance_ratio']:.2f}")
@@ -151,3 +157,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- image width median {images['width']['median']:.0f} (max {images['width']['max']:.0f}), "
                      f"height median {images['height']['median']:.0f} (max {images['height']['max']:.0f})")
     return "\n".join(lines) + "\n"
+
+
+def key_lines(report: dict[str, Any]) -> list[str]:
+    """Repeated ids kept under derived keys, and exact duplicates kept by `--keep-duplicates`."""
+    renamed = report["renamed_keys"]
+    lines = [f"Samples repeating an earlier id, written under derived keys: {renamed['count']} "
+             f"({renamed['repeated_ids']} ids). Exact duplicates kept: {report['kept_duplicates']}.", ""]
+    lines += [f"- `{e['id']}` → `{e['key']}` ({e['origin']})" for e in renamed["examples"]]
+    return ["## Keys", "", *lines, ""]

@@ -7,7 +7,8 @@ The same arguments always give byte-identical files.
 
 Record keys: the `id` field (llava, messages); the image file's stem (captions, manifest, classes);
 `row{N:06d}` for the N-th data row (pairs); `img{id}` (coco); `line{N}` for a malformed JSONL line.
-A `duplicate_key` defect is listed under the re-used key: the first record with that key is the good one.
+The unusual record that repeats an id with other content is listed under that id (the first record with it
+is a good one); the build keeps it under a derived key.
 """
 from __future__ import annotations
 
@@ -452,7 +453,6 @@ def _defect_conversations(plan: _Plan, first: _Conversation) -> list[tuple[_Conv
     """Records the readers must reject, each with its reason code."""
     empty = _shape_conversation(plan, "d_empty_answer", 0)
     return _broken_image_conversations(plan) + [
-        (replace(_shape_conversation(plan, "d_duplicate_key", 0), key=first.key), "duplicate_key"),
         (replace(first, key="d_duplicate_sample"), "duplicate_sample"),
         (replace(empty, exchanges=((empty.exchanges[0][0], "  "),)), "empty_answer"),
         (replace(_shape_conversation(plan, "d_placeholder_mismatch", 0), placeholders=2), "placeholder_mismatch"),
@@ -492,9 +492,11 @@ def _foreign_conversations(plan: _Plan) -> list[tuple[_Conversation, str]]:
     return records
 
 
-def _unusual_conversations(plan: _Plan) -> list[tuple[_Conversation, str]]:
+def _unusual_conversations(plan: _Plan, first: _Conversation) -> list[tuple[_Conversation, str]]:
     """Records the readers must keep although something about them is unusual."""
-    return _unusual_image_conversations(plan) + _shared_image_conversations(plan) + _foreign_conversations(plan)
+    repeated_id = (replace(_shape_conversation(plan, "u_repeated_id", 0), key=first.key), "id repeated, other content")
+    return (_unusual_image_conversations(plan) + _shared_image_conversations(plan) + _foreign_conversations(plan)
+            + [repeated_id])
 
 
 def _llava_record(record: _Conversation) -> dict[str, Any]:
@@ -544,7 +546,7 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]], malformed: bool) -> 
 
 def _conversation_dataset(plan: _Plan, fmt: str, spell: Callable[[_Conversation], dict[str, Any]]) -> SyntheticDataset:
     good = _good_conversations(plan)
-    unusual = _unusual_conversations(plan) if plan.unusual else []
+    unusual = _unusual_conversations(plan, good[0]) if plan.unusual else []
     defects = _defect_conversations(plan, good[0]) if plan.defects else []
     records = [spell(record) for record in _interleave(good, [record for record, _ in unusual + defects])]
     if fmt == "llava" and not plan.jsonl:

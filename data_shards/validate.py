@@ -1,14 +1,15 @@
 """Per-sample checks: structure (answers, placeholders, paths) and images (readable, bounded).
 
 Everything here is a pure function of one raw sample so it can run in worker processes.
-Duplicate detection needs the whole dataset and lives in `dedupe`.
+Duplicate detection and unique keys need the whole dataset and live in `data_shards.dedupe`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from data_shards.images import ImagePolicy, ImageRejected, PreparedImage, prepare_image
@@ -55,22 +56,47 @@ def structure_reject(raw: RawSample) -> Reject | None:
     if placeholders != len(raw.image_refs):
         detail = f"{placeholders} {IMAGE_TOKEN} placeholders for {len(raw.image_refs)} images"
         return Reject(raw.key, "placeholder_mismatch", detail, raw.origin)
-    for ref in raw.image_refs:
-        if escapes_root(ref):
-            return Reject(raw.key, "path_escapes_root", f"{ref!r} points outside the image root", raw.origin)
     return None
 
 
-def escapes_root(ref: str) -> bool:
-    """Lexical check (symlinked dataset folders stay allowed): absolute, or climbing above the root."""
+def root_relative(ref: str, image_root: Path) -> str | None:
+    """`ref` as a normalised path relative to the image root, or None when it points outside it.
+
+    Relative refs are relative to the root; absolute ones are accepted when they lie inside it. The test
+    is textual, after normalisation (`\\` as `/`, `.` and `..` folded) of both the ref and the absolute
+    root: symlinks are followed on neither side, so a symlinked dataset folder under the root stays
+    allowed, and an absolute ref must name the root the way `--image-root` does.
+    """
     normal = posixpath.normpath(ref.replace("\\", "/"))
-    return ref == "" or posixpath.isabs(normal) or normal == ".." or normal.startswith("../")
+    if posixpath.isabs(normal):
+        root = posixpath.normpath(os.path.abspath(image_root).replace("\\", "/"))
+        if posixpath.commonpath([root, normal]) != root:
+            return None
+        normal = posixpath.relpath(normal, root)
+    if normal in (".", "..") or normal.startswith("../"):
+        return None
+    return normal
+
+
+def resolve_refs(raw: RawSample, image_root: Path) -> RawSample | Reject:
+    """The sample with every image ref made root-relative, or a `path_escapes_root` reject naming the path."""
+    refs = []
+    for ref in raw.image_refs:
+        relative = root_relative(ref, image_root)
+        if relative is None:
+            detail = f"{ref!r} points outside the image root {image_root}"
+            return Reject(raw.key, "path_escapes_root", detail, raw.origin)
+        refs.append(relative)
+    return replace(raw, image_refs=refs)
 
 
 def check_sample(raw: RawSample, image_root: Path, policy: ImagePolicy) -> CheckedSample | Reject:
     reject = structure_reject(raw)
     if reject is not None:
         return reject
+    raw = resolve_refs(raw, image_root)
+    if isinstance(raw, Reject):
+        return raw
     try:
         prepared = prepare_refs(raw.image_refs, image_root, policy)
     except ImageRejected as error:

@@ -27,12 +27,17 @@ def streamed(split_dir: Path) -> list:
     return list(stream)
 
 
-def source_samples(dataset) -> dict[str, RawSample]:
+def source_samples(dataset, report) -> dict[str, RawSample]:
+    """Raw samples by written key: the first with each id, and each renamed one under its derived key."""
     source = open_source(dataset.format, dataset.input, dataset.image_root)
-    samples = {}
+    samples, by_origin = {}, {}
     for record in source.records():
         if isinstance(record, RawSample):
             samples.setdefault(record.key, record)
+            by_origin[record.origin] = record
+    renamed = report["renamed_keys"]
+    assert renamed["count"] == len(renamed["examples"])
+    samples.update({example["key"]: by_origin[example["origin"]] for example in renamed["examples"]})
     return samples
 
 
@@ -41,7 +46,7 @@ def test_round_trip(tmp_path, fmt):
     dataset, report = build_format(tmp_path, fmt)
     samples = streamed(tmp_path / "out" / "train")
     assert len(samples) == report["written"] > 0
-    raws = source_samples(dataset)
+    raws = source_samples(dataset, report)
     root = open_source(fmt, dataset.input, dataset.image_root).image_root
     for sample in samples:
         raw = raws[sample.key]

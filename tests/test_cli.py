@@ -59,12 +59,13 @@ def test_build_contract(llava_dataset, tmp_path):
                      "--split", "train=0.9,val=0.1", "--seed", "0", "--shard-samples", "7", "--no-progress")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
-    assert (report["read"], report["written"], report["rejected"]) == (37, 31, 6)
+    assert (report["read"], report["written"], report["rejected"]) == (37, 32, 5)
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert {(r["key"], r["reason"]) for r in rejects} == {
         ("missing", "missing_image"), ("empty", "zero_byte_image"), ("noanswer", "empty_answer"),
-        ("escape", "path_escapes_root"), ("k3", "duplicate_key"), ("copy", "duplicate_sample"),
+        ("escape", "path_escapes_root"), ("copy", "duplicate_sample"),
     }
+    assert [(e["id"], e["key"][:3]) for e in report["renamed_keys"]["examples"]] == [("k3", "k3#")]
     for split in ("train", "val"):
         index = json.loads((out / split / "index.json").read_text())
         for shard in index["shards"]:
@@ -74,8 +75,8 @@ def test_build_contract(llava_dataset, tmp_path):
         assert index["seed"] == 0 and index["source"]["fingerprint"] == report["source"]["fingerprint"]
         stats = index["stats"]
         assert stats["images"]["references"] == index["num_samples"] - stats["text"]["text_only_samples"]
-    assert report["splits"]["train"]["samples"] + report["splits"]["val"]["samples"] == 31
-    assert "read 37 = written 31 + rejected 6" in (out / "report.md").read_text()
+    assert report["splits"]["train"]["samples"] + report["splits"]["val"]["samples"] == 32
+    assert "read 37 = written 32 + rejected 5" in (out / "report.md").read_text()
 
 
 def test_missing_input_fails_with_one_line_naming_the_file(tmp_path):

@@ -113,7 +113,10 @@ def image_list(value: Any) -> list[str]:
 
 
 def record_key(record: dict, fallback: str) -> str:
-    value = record.get("id", fallback)
+    """The record's `id`; without one (absent or null), `fallback`, from the record's position in the file."""
+    value = record.get("id")
+    if value is None:
+        return fallback
     if not isinstance(value, (str, int)) or str(value) == "":
         raise ValueError(f"id must be a non-empty string or integer, got {value!r}")
     return str(value)
