@@ -86,3 +86,49 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def train_losses(run_dir: Path) -> dict[int, float]:
     """step → loss, the last logged value winning (a resumed run re-logs the steps after its checkpoint)."""
     return {m["step"]: m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m}
+
+
+MIXED_COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
+MIXED_TEXT = (("Which color do you get by mixing blue and yellow?", "green"),
+              ("Which color do you get by mixing red and white?", "pink"),
+              ("How many shapes are there?", "three"))
+
+
+def write_mixed_dataset(root: Path, n: int, seed: int = 0) -> Path:
+    """A LLaVA JSON where every other conversation is text-only (as in LLaVA's own 665k mix): colour questions
+    on a flat-colour image and fixed text questions. Returns the JSON path; images lie under `root`."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for index in range(n):
+        if index % 2:
+            question, answer = MIXED_TEXT[index // 2 % len(MIXED_TEXT)]
+            records.append({"id": f"t{index:04d}", "conversations": [  # numbered: not exact duplicates
+                {"from": "human", "value": f"Question {index}. {question}"}, {"from": "gpt", "value": answer}]})
+            continue
+        answer = list(MIXED_COLORS)[index // 2 % len(MIXED_COLORS)]
+        pixels = np.clip(np.array(MIXED_COLORS[answer]) + rng.integers(-20, 20, (32, 32, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(root / "images" / f"i{index:04d}.png")
+        records.append({"id": f"i{index:04d}", "image": f"images/i{index:04d}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat color is the shape?"}, {"from": "gpt", "value": answer}]})
+    path = root / "data.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mixed_shards(tmp_path_factory) -> Path:
+    """Shards of `write_mixed_dataset`: half text-only, half one image, in shards of 8."""
+    from data_shards.build import BuildConfig, build
+    from data_shards.split import SplitSpec
+    from data_shards.write import ShardLayout
+
+    root = tmp_path_factory.mktemp("mixed")
+    data = write_mixed_dataset(root / "raw", 192)
+    build(BuildConfig(input=data, out=root / "shards", image_root=root / "raw",
+                      split=SplitSpec.parse("train=0.875,val=0.125"), layout=ShardLayout(max_samples=8),
+                      workers=0, progress=False))
+    return root / "shards"

@@ -38,6 +38,13 @@ def load_json(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"deepspeed.config: {path} is not valid JSON (line {error.lineno}: {error.msg})"]) from None
 
 
+def zero_stage(config: TrainConfig) -> int:
+    """The ZeRO stage the run will use: `deepspeed.zero_stage` when set, else the JSON's."""
+    if config.deepspeed.zero_stage >= 0:
+        return config.deepspeed.zero_stage
+    return load_json(config.deepspeed.config).get("zero_optimization", {}).get("stage", 0)
+
+
 def resolve(config: TrainConfig, world_size: int, hidden_size: int) -> dict[str, Any]:
     """The DeepSpeed config dict to pass to deepspeed.initialize."""
     ds = copy.deepcopy(load_json(config.deepspeed.config))
