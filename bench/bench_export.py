@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))  # run as a script without installing
 from data_shards.build import BuildConfig, build  # noqa: E402
 from data_shards.synthetic import make_dataset  # noqa: E402
 from trainer.distributed import free_port  # noqa: E402
-from trainer.tiny import build_tiny_model  # noqa: E402
+from trainer.tiny import SMALL_IMAGE, build_tiny_model  # noqa: E402
 
 GOAL = 1.3
 TEXT = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
@@ -50,7 +50,7 @@ def build_bases(out: Path) -> dict[str, Path]:
 
     from trainer.processor import load_processor
 
-    fp32 = build_tiny_model("llava", out / "base-float32", text=TEXT, overwrite=True)
+    fp32 = build_tiny_model("llava", out / "base-float32", image_size=SMALL_IMAGE, text=TEXT, overwrite=True)
     bf16 = out / "base-bfloat16"
     shutil.rmtree(bf16, ignore_errors=True)
     AutoModelForImageTextToText.from_pretrained(fp32, dtype=torch.bfloat16).save_pretrained(bf16)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         for dtype, base in bases.items():
             result[f"LoRA, {dtype} base → bfloat16"] = export(adapter, base, args.out / f"merged-from-{dtype}", "bfloat16")
     if args.only in (None, "full"):
-        base = build_tiny_model("llava", args.out / "full-base", text={**TEXT, "num_hidden_layers": args.full_layers},
+        base = build_tiny_model("llava", args.out / "full-base", image_size=SMALL_IMAGE, text={**TEXT, "num_hidden_layers": args.full_layers},
                                 overwrite=True)
         for stage in args.full_stages:
             run = full_finetune(args.out, base, stage)

@@ -61,7 +61,7 @@ from trainer.packing import packed_rows  # noqa: E402
 from trainer.config import load  # noqa: E402
 from trainer.distributed import free_port  # noqa: E402
 from trainer.processor import load_processor  # noqa: E402
-from trainer.tiny import GENERIC_ENGLISH, build_tiny_model  # noqa: E402
+from trainer.tiny import GENERIC_ENGLISH, SMALL_IMAGE, build_tiny_model  # noqa: E402
 
 RECIPE = ROOT / "configs/demo.yaml"
 BUILD_WORKERS = 2
@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None) -> dict:
     micro = args.micro_batch or load(RECIPE).train.micro_batch_size
     samples = args.ranks * micro * args.steps  # one epoch = exactly --steps micro-batches per rank
     text = wider_text(args.text_width, args.text_layers)
-    model = build_tiny_model("llava", args.out / (f"base_model-{args.text_width}x{args.text_layers}" if text else "base_model"), text=text)
+    model = build_tiny_model("llava", args.out / (f"base_model-{args.text_width}x{args.text_layers}" if text else "base_model"),
+                             image_size=SMALL_IMAGE, text=text)
     result = {
         "params": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "ranks": args.ranks,
                    "micro_batch_size": micro, "samples_per_dataset": samples, "recipe": str(RECIPE.relative_to(ROOT)),

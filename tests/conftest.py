@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory) -> Path:
-    from trainer.tiny import build_tiny_model
+    from trainer.tiny import SMALL_IMAGE, build_tiny_model
 
-    return build_tiny_model("llava", tmp_path_factory.mktemp("models") / "tiny-llava")
+    return build_tiny_model("llava", tmp_path_factory.mktemp("models") / "tiny-llava", image_size=SMALL_IMAGE)
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,13 @@ import pytest
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from conftest import ROOT
 from data_shards.sample import ImageData, Sample, Turn
 from trainer.chat.answers import TemplateError
 from trainer.chat.template import template_source, use_chat_template
-from trainer.collate import IGNORE_INDEX, build_collator
+from trainer.collate import IGNORE_INDEX, build_collator, messages
 from trainer.evaluation import prompt_inputs
 from trainer.families.published import load
 from trainer.families.rules import packing_problem
@@ -103,6 +104,24 @@ def test_supervised_spans_are_the_answers_and_the_end_of_turn_token(loaded, fami
         spans = supervised_spans(row)
         decoded = [processor.tokenizer.decode(span).strip() for span in spans]
         assert decoded == [answer + end for answer in sample.answers()], sample.key
+
+
+def test_answers_agree_with_the_generation_markers_where_the_template_has_them(loaded, family):
+    """The cross-check: the text of each `{% generation %}` span is the answer found by rendering prefixes (the
+    end-of-turn token the collator adds where the template writes none aside)."""
+    model, processor, _ = loaded
+    if "{% generation %}" not in processor.chat_template:
+        pytest.skip("this family's template has no generation markers")
+    build = collator(loaded)
+    end = load(KITS[family][0]).data["end_of_turn"]
+    for sample in mixed_samples():
+        chat = messages(sample)
+        (marked,), (indices,) = render_jinja_template([chat], chat_template=processor.chat_template,
+                                                      return_assistant_tokens_mask=True,
+                                                      **processor.tokenizer.special_tokens_map)
+        rendered = build.answers(chat)
+        ours = [rendered.text[start:end_].removesuffix(end).strip() for start, end_ in rendered.spans]
+        assert ours == [marked[start:end_].strip() for start, end_ in indices], sample.key
 
 
 def test_training_prompts_are_the_inference_prompts(loaded, family):

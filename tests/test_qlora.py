@@ -34,7 +34,7 @@ from trainer.config import ConfigError, load  # noqa: E402
 from trainer.evaluation import EvalCollator, evaluate  # noqa: E402
 from trainer.model import find_parts, parameter_groups, prepare_model  # noqa: E402
 from trainer.processor import load_processor  # noqa: E402
-from trainer.tiny import build_tiny_model  # noqa: E402
+from trainer.tiny import SMALL_IMAGE, build_tiny_model  # noqa: E402
 
 QLORA_FAMILIES = ("llava", "qwen2_vl")
 CPU = torch.device("cpu")
@@ -47,7 +47,8 @@ LAYERS, PROJECTIONS = 2, 7  # tiny language model: 2 layers × (q, k, v, o, gate
 @pytest.fixture(scope="session")
 def qlora_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("qlora-models")
-    return {family: build_tiny_model(family, root / family) for family in QLORA_FAMILIES}
+    return {family: build_tiny_model(family, root / family, image_size=SMALL_IMAGE)
+            for family in QLORA_FAMILIES}
 
 
 @pytest.fixture(params=QLORA_FAMILIES)

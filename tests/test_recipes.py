@@ -8,7 +8,7 @@ from conftest import ROOT, launch_training
 from data_shards.build import BuildConfig, build
 from data_shards.split import SplitSpec
 from data_shards.synthetic import make_dataset
-from trainer.tiny import build_tiny_model
+from trainer.tiny import SMALL_IMAGE, build_tiny_model
 
 pytestmark = [pytest.mark.slow]
 
@@ -31,7 +31,7 @@ def test_every_recipe_is_covered():
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_runs(recipe, tmp_path):
     family, fmt = RECIPES[recipe]
-    model = build_tiny_model(family, tmp_path / "model")
+    model = build_tiny_model(family, tmp_path / "model", image_size=SMALL_IMAGE)
     dataset = make_dataset(fmt, tmp_path / "raw", n=24, seed=0)
     build(BuildConfig(input=dataset.input, out=tmp_path / "shards", format=fmt, image_root=dataset.image_root,
                       split=SplitSpec.parse("train=0.75,val=0.25"), workers=0, progress=False))

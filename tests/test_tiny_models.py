@@ -1,4 +1,7 @@
-"""Tiny VLMs built offline load through the real Auto classes and train, generate and tokenize as the trainer needs."""
+"""Tiny VLMs built offline load through the real Auto classes and train, generate and tokenize as the trainer needs.
+
+The three fast families at the kit's small vision input; every family at its published settings: test_families.py.
+"""
 import json
 
 import numpy as np
@@ -10,24 +13,18 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 from transformers.utils import is_torchvision_available
 
 from trainer.processor import load_processor
-from trainer.tiny import ANSWER_WORDS, FAMILIES, build_tiny_model
+from trainer.families.published import load
+from trainer.tiny import ANSWER_WORDS, FAMILIES, KITS, SMALL_IMAGE, build_tiny_model
 
-IMAGE_TOKENS_PER_32PX_IMAGE = {"llava": 16, "llava_next": 36, "qwen2_vl": 16}
+IMAGE_TOKENS_PER_32PX_IMAGE = {"llava": 16, "llava_next": 36, "qwen2_vl": 4}
 PROJECTOR = {"llava": "multi_modal_projector", "llava_next": "multi_modal_projector", "qwen2_vl": "visual.merger"}
-SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
-RENDERED = {
-    "llava": "You are a helpful assistant. USER: <image>\nWhat color is the shape? ASSISTANT: red</s>",
-    "qwen2_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                "<|vision_start|><|image_pad|><|vision_end|>What color is the shape?<|im_end|>\n"
-                "<|im_start|>assistant\nred<|im_end|>\n",
-}
-RENDERED["llava_next"] = RENDERED["llava"]
+SYSTEM = {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]}
 
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return {family: build_tiny_model(family, root / family) for family in FAMILIES}
+    return {family: build_tiny_model(family, root / family, image_size=SMALL_IMAGE) for family in FAMILIES}
 
 
 @pytest.fixture(params=FAMILIES)
@@ -44,8 +41,11 @@ def picture(width=32, height=32, seed=0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-def chat(user_content, answer="red"):
-    return [SYSTEM, {"role": "user", "content": user_content}, {"role": "assistant", "content": answer}]
+def chat(question: str, images: int = 1, answer: str = "red"):
+    """A system turn, a user turn with `images` images and `question`, the answer: content as typed parts, the
+    form every published template reads."""
+    user = [{"type": "image"}] * images + [{"type": "text", "text": question}]
+    return [SYSTEM, {"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
 
 
 def encode(processor, messages, images, **template_options):
@@ -65,7 +65,7 @@ def image_feature_count(model, batch) -> int:
 
 def test_built_directory_loads_through_the_auto_classes(built, loaded, family):
     model, processor = loaded
-    assert model.config.model_type == family
+    assert model.config.model_type == load(KITS[family][0]).model_type
     assert type(model).__name__.endswith("ForConditionalGeneration")
     assert processor.image_token_id == model.config.image_token_id
     tokenizer = processor.tokenizer
@@ -110,13 +110,13 @@ def test_language_model_loads_in_4bit_and_trains(built, family):
     model = AutoModelForImageTextToText.from_pretrained(built[family], quantization_config=quantization)
     model.train()
     assert sum(type(module).__name__ == "Linear4bit" for module in model.modules()) == 2 * 7  # layers x projections
-    batch = encode(load_processor(built[family]), chat("<image>\nWhat color is the shape?"), [picture()])
+    batch = encode(load_processor(built[family]), chat("What color is the shape?"), [picture()])
     assert torch.isfinite(model(**batch, labels=batch["input_ids"]).loss)
 
 
 def test_image_tokens_match_image_features(loaded, family):
     model, processor = loaded
-    batch = encode(processor, chat("<image>\nWhat color is the shape?"), [picture()])
+    batch = encode(processor, chat("What color is the shape?"), [picture()])
     assert image_token_count(model, batch) == IMAGE_TOKENS_PER_32PX_IMAGE[family]
     with torch.no_grad():
         assert image_feature_count(model, batch) == IMAGE_TOKENS_PER_32PX_IMAGE[family]
@@ -125,7 +125,7 @@ def test_image_tokens_match_image_features(loaded, family):
 def test_loss_is_finite_and_gradients_reach_projector_and_language_model(loaded, family):
     model, processor = loaded
     model.train()
-    batch = encode(processor, chat("<image>\nWhat color is the shape?"), [picture()])
+    batch = encode(processor, chat("What color is the shape?"), [picture()])
     labels = batch["input_ids"].masked_fill(batch["input_ids"] == model.config.image_token_id, -100)
     loss = model(**batch, labels=labels).loss
     assert torch.isfinite(loss)
@@ -139,7 +139,7 @@ def test_loss_is_finite_and_gradients_reach_projector_and_language_model(loaded,
 def test_two_images_in_one_sample(loaded, family):
     model, processor = loaded
     images = [picture(seed=1), picture(48, 24, seed=2)]
-    batch = encode(processor, chat("<image>\n<image>\nCompare the first image with the second.", "First"), images)
+    batch = encode(processor, chat("Compare the first image with the second.", 2, "First"), images)
     assert batch["input_ids"].shape[0] == 1
     with torch.no_grad():
         assert image_token_count(model, batch) == image_feature_count(model, batch)
@@ -148,50 +148,35 @@ def test_two_images_in_one_sample(loaded, family):
 
 def test_generate_runs(loaded):
     model, processor = loaded
-    batch = encode(processor, [SYSTEM, {"role": "user", "content": "<image>\nWhat shape is this?"}], [picture()],
-                   add_generation_prompt=True)
+    batch = encode(processor, chat("What shape is this?")[1:2], [picture()], add_generation_prompt=True)
     generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
     assert batch["input_ids"].shape[1] < generated.shape[1] <= batch["input_ids"].shape[1] + 3
 
 
-def test_chat_template_renders_the_family_format_from_strings_or_parts(loaded, family):
+def test_the_template_and_special_tokens_are_the_published_ones(loaded, family):
     _, processor = loaded
-    as_string = chat("<image>\nWhat color is the shape?")
-    as_parts = chat([{"type": "image"}, {"type": "text", "text": "What color is the shape?"}])
-    rendered = processor.apply_chat_template(as_string, tokenize=False)
-    assert rendered == RENDERED[family] == processor.apply_chat_template(as_parts, tokenize=False)
-    two_images = chat("<image>\n<image>\nCompare.")
-    two_parts = chat([{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare."}])
-    render = lambda messages: processor.apply_chat_template(messages, tokenize=False)  # noqa: E731
-    assert render(two_images) == render(two_parts)
-    prompt = processor.apply_chat_template(as_string[:2], tokenize=False, add_generation_prompt=True)
-    assert prompt.endswith("<|im_start|>assistant\n" if family == "qwen2_vl" else " ASSISTANT:")
-
-
-def test_assistant_tokens_mask_marks_each_answer_and_its_end_token(loaded, family):
-    _, processor = loaded
-    messages = chat([{"type": "image", "image": picture()}, {"type": "text", "text": "What color is the shape?"}])
-    messages += [{"role": "user", "content": "What shape is this?"}, {"role": "assistant", "content": "circle"}]
-    batch = processor.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                          return_assistant_tokens_mask=True, return_tensors="pt")
-    marked = batch["input_ids"][batch["assistant_masks"].bool()]
-    end = processor.tokenizer.eos_token
-    expected = "red<|im_end|>circle<|im_end|>" if family == "qwen2_vl" else f" red{end} circle{end}"
-    assert processor.tokenizer.decode(marked) == expected
+    published = load(KITS[family][0])
+    assert processor.chat_template == published.chat_template
+    tokenizer = processor.tokenizer
+    for key in ("bos_token", "eos_token", "pad_token"):
+        assert getattr(tokenizer, key) == published.special(key), key
 
 
 def test_answer_words_are_single_tokens(built, family):
+    """As the templates place an answer: after a space (SentencePiece-style, one '▁' word) or a newline (byte-level)."""
     tokenizer = AutoTokenizer.from_pretrained(built[family])
+    sentencepiece = load(KITS[family][0]).sentencepiece
     for word in ("red", "circle", "First", "Second", "Similar", "3", *ANSWER_WORDS):
-        # as the templates place an answer: after a space (LLaVA) or after a newline (Qwen2-VL)
-        assert len(tokenizer.tokenize(word)) == len(tokenizer.tokenize(" " + word)) == 1, word
-        assert tokenizer.tokenize("\n" + word)[1:] == tokenizer.tokenize(word), word
+        if sentencepiece:
+            assert len(tokenizer.tokenize("ASSISTANT: " + word)) == len(tokenizer.tokenize("ASSISTANT:")) + 1, word
+        else:
+            assert tokenizer.tokenize("\n" + word)[1:] == tokenizer.tokenize(word) and len(tokenizer.tokenize(word)) == 1
 
 
 def test_same_seed_gives_the_same_weights_and_another_seed_others(built, family, tmp_path):
     reference = load_file(built[family] / "model.safetensors")
-    same = load_file(build_tiny_model(family, tmp_path / "same", seed=0) / "model.safetensors")
-    other = load_file(build_tiny_model(family, tmp_path / "other", seed=1) / "model.safetensors")
+    same = load_file(build_tiny_model(family, tmp_path / "same", seed=0, image_size=SMALL_IMAGE) / "model.safetensors")
+    other = load_file(build_tiny_model(family, tmp_path / "other", seed=1, image_size=SMALL_IMAGE) / "model.safetensors")
     assert reference.keys() == same.keys() == other.keys()
     assert all(torch.equal(reference[name], same[name]) for name in reference)
     assert not all(torch.equal(reference[name], other[name]) for name in reference)

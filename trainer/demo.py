@@ -17,7 +17,7 @@ from data_shards.split import SplitSpec
 from data_shards.synthetic import make_dataset
 from data_shards.write import ShardLayout
 from trainer.distributed import free_port
-from trainer.tiny import build_tiny_model
+from trainer.tiny import SMALL_IMAGE, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    base = build_tiny_model("llava", out / "base_model")
+    base = build_tiny_model("llava", out / "base_model", image_size=SMALL_IMAGE)
     shards = prepare_data(out, args.samples)
     result = train(out, base, shards, args.ranks, args.config, args.overrides)
     summary = {**result, "shards": str(shards), "base_model": str(base), "wall_time_s": round(time.monotonic() - started, 1)}

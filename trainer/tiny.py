@@ -1,22 +1,15 @@
-"""Tiny random-weight vision-language models, built offline in the layout the real loading path reads.
+"""Tiny random-weight vision-language models that stand in for real checkpoints, built offline.
 
 `build_tiny_model(family, out)` writes what `AutoModelForImageTextToText.from_pretrained(out)` and
-`AutoProcessor.from_pretrained(out)` load like a hub checkpoint: config, safetensors weights,
-generation config, a byte-level BPE tokenizer trained here on a built-in corpus, the image processor
-and the chat template. Every Linear of the language model has in_features % 64 == 0 and
-out_features % 32 == 0, so bitsandbytes can quantise it to 4 bits. Without torchvision a Qwen2-VL
-processor loads only through `load_processor` (see `ImageOnlyQwen2VLProcessor`).
-
-Chat template: a message's `content` is either a string in which each `<image>` marks an image (our
-samples' form; a newline right after `<image>` belongs to the placeholder) or a list of
-`{"type": "image"}` / `{"type": "text", "text": ...}` parts; both render the same text. Roles:
-system, user, assistant. Each assistant reply, with the end-of-turn token that closes it, lies in
-`{% generation %}`, so `return_assistant_tokens_mask=True` marks exactly the tokens to train on.
-  llava, llava_next: `SYSTEM USER: <image>\\nQUESTION ASSISTANT: ANSWER</s>USER: ...`
-                     (the tokenizer puts `<s>` in front; the generation prompt ends in `ASSISTANT:`)
-  qwen2_vl: `<|im_start|>system\\nSYSTEM<|im_end|>\\n<|im_start|>user\\n<|vision_start|><|image_pad|>`
-            `<|vision_end|>QUESTION<|im_end|>\\n<|im_start|>assistant\\nANSWER<|im_end|>\\n`
-            (Qwen's default system prompt when the chat has none)
+`AutoProcessor.from_pretrained(out)` (or `trainer.processor.load_processor`) load like a hub
+checkpoint. Each family is built from its own config and processor classes with what its real
+checkpoint publishes (`trainer/families/published/`): the chat template as published (most have no
+`{% generation %}` markers), its special tokens, its tokenizer's kind (SentencePiece-style or
+byte-level), its processor settings (image size, LLaVA-NeXT's grid pinpoints, Qwen2-VL's
+min/max pixels, ...). What differs from the real checkpoint: random weights, 2 layers of width 64,
+a 1000-token BPE trained here on a built-in corpus (each answer word one token), the head scaled
+(see `build_model`), and, only when `image_size` is given, a vision input scaled down to
+`image_size` pixels (pinpoints with it) for fast tests; the published size otherwise.
 """
 from __future__ import annotations
 
@@ -24,39 +17,29 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    AutoModelForImageTextToText,
-    CLIPImageProcessorPil,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaNextConfig,
-    LlavaNextImageProcessorPil,
-    LlavaNextProcessor,
-    LlavaProcessor,
-    PreTrainedTokenizerFast,
-    Qwen2VLConfig,
-    Qwen2VLImageProcessorPil,
-)
+from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
-from trainer.processor import ImageOnlyQwen2VLProcessor
+from trainer.families.kit import llava, qwen
+from trainer.families.kit.tokenizer import build_tokenizer
+from trainer.families.published import Published, load
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl")
+# family name → (published record, kit module)
+KITS: dict[str, tuple[str, ModuleType]] = {
+    "llava": ("llava-1.5-7b-hf", llava),
+    "llava_next": ("llava-v1.6-mistral-7b-hf", llava),
+    "llava_next_vicuna": ("llava-v1.6-vicuna-7b-hf", llava),
+    "llava_onevision": ("llava-onevision-qwen2-0.5b-ov-hf", llava),
+    "qwen2_vl": ("qwen2-vl-2b-instruct", qwen),
+    "qwen2_5_vl": ("qwen2.5-vl-7b-instruct", qwen),
+}
+FAMILIES = ("llava", "llava_next", "qwen2_vl")  # the three the fast tests cover; every kit family: KITS
+SMALL_IMAGE = 56  # 4 × 14-pixel patches: fast tests' vision input, where the family's size is fixed
 MARKER = "tiny_model.json"
-KIT_VERSION = 2  # bump when what is built changes, so that directories built before are rebuilt
-
-HIDDEN, INTERMEDIATE, LAYERS, HEADS, HEAD_DIM = 64, 128, 2, 4, 16
-CLIP_PATCH = 8
-QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL_PATCH, QWEN_KV_HEADS = 4, 2, 2, 2
-MROPE_SECTION = [2, 3, 3]  # temporal, height, width: the HEAD_DIM // 2 rotary frequencies
-VOCAB_SIZE = 1000
+KIT_VERSION = 3  # bump when what is built changes, so that directories built before are rebuilt
 LM_HEAD_SCALE = 10.0
-# As in the real LLaVA-1.5 and LLaVA-NeXT checkpoints: the second-to-last CLIP layer, so the last
-# vision layer gets no gradient there either.
-VISION_FEATURE_LAYER = -2
 
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -86,52 +69,25 @@ GENERIC_ENGLISH = (
     "waves are scattered more than long ones. At sunset the light travels further, so we see warm colours.",
 )
 
-LLAVA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "extra_special_tokens": ["<image>"]}
-QWEN_SPECIALS = {
-    "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-    "extra_special_tokens": ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
-}
-
-# Sets `text`: the message's content with each image, placeholder or part, written as IMAGE.
-MESSAGE_TEXT = (
-    "{%- if message['content'] is string -%}"
-    "{%- set text = message['content'] | replace('<image>\\n', '<image>') | replace('<image>', IMAGE) -%}"
-    "{%- else -%}{%- set parts = namespace(text='') -%}{%- for part in message['content'] -%}"
-    "{%- set parts.text = parts.text + (IMAGE if part['type'] == 'image' else part['text']) -%}"
-    "{%- endfor -%}{%- set text = parts.text -%}{%- endif -%}"
-)
-LLAVA_TEMPLATE = (
-    "{%- set IMAGE = '<image>\\n' -%}{%- for message in messages -%}" + MESSAGE_TEXT
-    + "{%- if message['role'] == 'system' -%}{{ text + ' ' }}"
-    "{%- elif message['role'] == 'user' -%}{{ 'USER: ' + text + ' ' }}"
-    "{%- else -%}{{ 'ASSISTANT:' }}{% generation %}{{ ' ' + text + eos_token }}{% endgeneration %}"
-    "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
-)
-QWEN_TEMPLATE = (
-    "{%- set IMAGE = '<|vision_start|><|image_pad|><|vision_end|>' -%}"
-    "{%- if messages[0]['role'] != 'system' -%}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif -%}"
-    "{%- for message in messages -%}" + MESSAGE_TEXT
-    + "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['role'] == 'assistant' -%}{% generation %}{{ text + '<|im_end|>' }}{% endgeneration %}"
-    "{%- else -%}{{ text + '<|im_end|>' }}{%- endif -%}{{ '\\n' }}"
-    "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
+TEMPLATE_WORDS = ("USER: ASSISTANT: User: Assistant: system user assistant model [INST] [/INST] <<SYS>> <</SYS>> "
+                  "Picture Image You are a helpful assistant.")
 
 
-def build_tiny_model(family: str, out: Path, *, seed: int = 0, image_size: int = 32, overwrite: bool = False,
+def build_tiny_model(family: str, out: Path, *, seed: int = 0, image_size: int | None = None, overwrite: bool = False,
                      text: dict | None = None) -> Path:
     """Writes a tiny random `family` model with its processor to `out` (same seed, same weights); returns `out`.
 
-    `text` overrides the language model's config (e.g. a wider `hidden_size`, with matching
-    `intermediate_size`, `num_attention_heads` and `head_dim`), for benchmarks on a larger model.
-    Does nothing when `out` already holds one built with the same arguments, unless `overwrite`.
+    `image_size` scales the vision input down (None: the published size). `text` overrides the language model's
+    config (e.g. a wider `hidden_size`, with matching `intermediate_size`, `num_attention_heads` and `head_dim`),
+    for benchmarks on a larger model. Does nothing when `out` already holds one built with the same arguments,
+    unless `overwrite`.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if family not in KITS:
+        raise ValueError(f"unknown family {family!r}; expected one of {tuple(KITS)}")
     out = Path(out)
-    arguments = {"family": family, "seed": seed, "image_size": image_size, "kit_version": KIT_VERSION,
-                 **({"text": text} if text else {})}
+    published, kit = load(KITS[family][0]), KITS[family][1]
+    arguments = {"family": family, "published": published.name, "seed": seed, "image_size": image_size,
+                 "kit_version": KIT_VERSION, **({"text": text} if text else {})}
     marker = out / MARKER
     if marker.exists() and json.loads(marker.read_text()) == arguments and not overwrite:
         return out
@@ -139,8 +95,9 @@ def build_tiny_model(family: str, out: Path, *, seed: int = 0, image_size: int =
         raise FileExistsError(f"{out} holds files that are not a tiny model; not replacing them")
     staging = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    processor = build_processor(family, image_size)
-    model = build_model(family, processor.tokenizer, seed, image_size, text or {})
+    tokenizer = build_tokenizer(published, corpus(), kit.extra_specials(published))
+    processor = kit.build_processor(published, tokenizer, image_size)
+    model = build_model(kit.build_config(published, tokenizer, text or {}, image_size), tokenizer, published, seed)
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     (staging / MARKER).write_text(json.dumps(arguments))
@@ -149,87 +106,25 @@ def build_tiny_model(family: str, out: Path, *, seed: int = 0, image_size: int =
     return out
 
 
-def build_model(family: str, tokenizer: PreTrainedTokenizerFast, seed: int, image_size: int, text: dict):
+def build_model(config, tokenizer: PreTrainedTokenizerFast, published: Published, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(build_config(family, tokenizer, image_size, text))
+        model = AutoModelForImageTextToText.from_config(config)
     with torch.no_grad():
         # At width 64 with the default init (std 0.02) the logits stay within about ±1, so a frozen head
         # cannot express a confident answer and LoRA training stalls near log(vocab); a trained
         # checkpoint's head has that range, so give the random one a comparable scale.
-        model.lm_head.weight.mul_(LM_HEAD_SCALE)
-    model.generation_config.update(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+        model.get_output_embeddings().weight.mul_(LM_HEAD_SCALE)
+    model.generation_config.update(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=end_of_turn_ids(tokenizer, published))
     return model
 
 
-def build_config(family: str, tokenizer: PreTrainedTokenizerFast, image_size: int, overrides: dict):
-    text = dict(vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                num_hidden_layers=LAYERS, num_attention_heads=HEADS, head_dim=HEAD_DIM, max_position_embeddings=2048,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id) | overrides
-    token_id = tokenizer.convert_tokens_to_ids
-    if family == "qwen2_vl":
-        text.update(num_key_value_heads=QWEN_KV_HEADS,
-                    rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": MROPE_SECTION})
-        vision = dict(depth=LAYERS, embed_dim=HIDDEN, hidden_size=HIDDEN, num_heads=HEADS, patch_size=QWEN_PATCH,
-                      spatial_merge_size=QWEN_MERGE, temporal_patch_size=QWEN_TEMPORAL_PATCH)
-        return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=token_id("<|image_pad|>"),
-                             video_token_id=token_id("<|video_pad|>"),
-                             vision_start_token_id=token_id("<|vision_start|>"),
-                             vision_end_token_id=token_id("<|vision_end|>"))
-    vision = CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
-                              num_attention_heads=HEADS, image_size=image_size, patch_size=CLIP_PATCH)
-    common = dict(text_config=LlamaConfig(**text), vision_config=vision, image_token_index=token_id("<image>"),
-                  image_seq_length=(image_size // CLIP_PATCH) ** 2, vision_feature_select_strategy="default",
-                  vision_feature_layer=VISION_FEATURE_LAYER)
-    if family == "llava":
-        return LlavaConfig(**common)
-    return LlavaNextConfig(**common, image_grid_pinpoints=grid_pinpoints(image_size))
-
-
-def grid_pinpoints(image_size: int) -> list[list[int]]:
-    """LLaVA-NeXT's anyres resolutions: 1x1, 1x2, 2x1 and 2x2 tiles of the vision tower's input size."""
-    return [[image_size * rows, image_size * columns] for rows in (1, 2) for columns in (1, 2)]
-
-
-def build_processor(family: str, image_size: int):
-    """The family's processor, its image processor sized for `image_size` square images."""
-    tokenizer = build_tokenizer(family)
-    side, square = {"shortest_edge": image_size}, {"height": image_size, "width": image_size}
-    clip_tokens = dict(patch_size=CLIP_PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    if family == "llava":
-        images = CLIPImageProcessorPil(size=side, crop_size=square)
-        return LlavaProcessor(images, tokenizer, chat_template=LLAVA_TEMPLATE, **clip_tokens)
-    if family == "llava_next":
-        images = LlavaNextImageProcessorPil(size=side, crop_size=square,
-                                            image_grid_pinpoints=grid_pinpoints(image_size))
-        return LlavaNextProcessor(images, tokenizer, chat_template=LLAVA_TEMPLATE, **clip_tokens)
-    pixels = {"shortest_edge": image_size * image_size, "longest_edge": image_size * image_size}
-    images = Qwen2VLImageProcessorPil(size=pixels, patch_size=QWEN_PATCH, merge_size=QWEN_MERGE,
-                                      temporal_patch_size=QWEN_TEMPORAL_PATCH)
-    return ImageOnlyQwen2VLProcessor(images, tokenizer, chat_template=QWEN_TEMPLATE)
-
-
-def build_tokenizer(family: str) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on `corpus()`: each answer word is one token, with or without a space before it."""
-    specials = QWEN_SPECIALS if family == "qwen2_vl" else LLAVA_SPECIALS
-    special_tokens = [token for key, token in specials.items() if key != "extra_special_tokens"]
-    special_tokens += specials["extra_special_tokens"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=special_tokens, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(corpus(), trainer=trainer)
-    if "bos_token" in specials:  # Llama style: <s> in front of every text
-        bos = specials["bos_token"]
-        bpe.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bpe.token_to_id(bos))])
-    else:  # GPT-2 / Qwen style
-        bpe.post_processor = processors.ByteLevel(trim_offsets=False)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, model_max_length=2048, **specials)
+def end_of_turn_ids(tokenizer: PreTrainedTokenizerFast, published: Published) -> list[int] | int:
+    """Generation stops at the family's end-of-turn token and at eos (Qwen2-VL publishes both as eos ids)."""
+    tokens = [token for token in (published.data.get("end_of_turn"), tokenizer.eos_token) if token]
+    ids = list(dict.fromkeys(tokenizer.convert_tokens_to_ids(tokens)))
+    return ids[0] if len(ids) == 1 else ids
 
 
 def corpus() -> list[str]:
@@ -239,4 +134,4 @@ def corpus() -> list[str]:
     counting = [f"How many {shape} objects are there? Where is the {shape}?" for shape in SHAPES]
     boxes = [f"[0.{i}{j}, 0.{j}{i}, 0.{i}5, 0.9{j}]" for i in range(10) for j in range(10)]
     answers = [" ".join(ANSWER_WORDS), "\n".join(ANSWER_WORDS), ", ".join(ANSWER_WORDS)]
-    return [*QUESTIONS, *scenes, *counting, *boxes, *GENERIC_ENGLISH] * 10 + answers * 200
+    return [*QUESTIONS, *scenes, *counting, *boxes, *GENERIC_ENGLISH, TEMPLATE_WORDS] * 10 + answers * 200
