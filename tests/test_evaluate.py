@@ -130,7 +130,7 @@ def trained_run(tiny_llava, color_shards, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("evaluate") / "run"
     result = launch_training("python", 1, [
         f"model.path={tiny_llava}", f"data.train={color_shards / 'train'}", f"data.val={color_shards / 'val'}",
-        f"train.output_dir={run}", "train.micro_batch_size=8", "train.max_steps=60", "data.num_workers=1",
+        f"train.output_dir={run}", "train.micro_batch_size=8", "train.max_steps=100", "data.num_workers=1",
         "eval.at_start=false", "train.log_every=10"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run

@@ -21,18 +21,21 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from conftest import ROOT
 from data_shards.sample import ImageData, Sample, Turn
 from trainer.chat.answers import TemplateError
-from trainer.chat.template import template_source, use_chat_template
+from trainer.chat.template import ChatRenderer, template_source, use_chat_template
 from trainer.collate import IGNORE_INDEX, build_collator, messages
 from trainer.evaluation import prompt_inputs
 from trainer.families.published import load
 from trainer.families.rules import packing_problem
+from trainer.mllama_fix import mask_image_free_rows
 from trainer.model import find_parts, lora_targets
 from trainer.processor import load_processor
 from trainer.tiny import KITS, build_tiny_model
 
-# A published template that renders the generation prompt otherwise than the start of an assistant turn: the
-# trainer refuses it; these families train with the replacement in configs/templates/.
-REPLACED_TEMPLATES = {"llava_onevision": ROOT / "configs/templates/llava-onevision.jinja"}
+# A published template that renders the generation prompt otherwise than the start of an assistant turn (the
+# trainer refuses it), or none published (PaliGemma): these families train with the template in configs/templates/.
+REPLACED_TEMPLATES = {"llava_onevision": ROOT / "configs/templates/llava-onevision.jinja",
+                      "paligemma": ROOT / "configs/templates/paligemma.jinja"}
+UNSPLITTABLE_TEMPLATES = sorted(f for f in REPLACED_TEMPLATES if load(KITS[f][0]).chat_template is not None)
 
 
 def image(seed: int, width: int = 64, height: int = 48) -> ImageData:
@@ -76,7 +79,7 @@ def loaded(family_models, cache, family):
     """(model, processor with the template the family trains with, template source), once per family."""
     if family not in cache:
         path = family_models[family]
-        model = AutoModelForImageTextToText.from_pretrained(path)
+        model = mask_image_free_rows(AutoModelForImageTextToText.from_pretrained(path))  # as the trainer loads it
         processor = load_processor(path)
         source = use_chat_template(processor, path, REPLACED_TEMPLATES.get(family))
         cache[family] = model, processor, source
@@ -90,8 +93,14 @@ def collator(loaded, **options):
 
 def test_the_saved_template_is_the_published_one(family_models, family):
     published = load(KITS[family][0])
-    processor = load_processor(family_models[family])
+    path = family_models[family]
+    processor = load_processor(path)
     assert processor.chat_template == published.chat_template
+    if published.chat_template is None:  # no file of the folder holds a template, and training without one refused
+        assert template_source(path) == str(path)
+        with pytest.raises(ValueError, match=f"{path}: the model publishes no chat template"):
+            ChatRenderer(processor, template_source(path))
+        return
     assert ("{% generation %}" in processor.chat_template) == published.data["has_generation_markers"]
 
 
@@ -188,7 +197,7 @@ def test_packing_gives_the_padded_loss_or_is_refused_with_the_reason(loaded, fam
         torch.testing.assert_close(model(**packed.inputs, use_cache=False).loss, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", sorted(REPLACED_TEMPLATES))
+@pytest.mark.parametrize("family", UNSPLITTABLE_TEMPLATES)
 def test_a_published_template_that_cannot_be_split_is_refused_naming_its_file(family_models, family):
     path = family_models[family]
     model = AutoModelForImageTextToText.from_pretrained(path)

@@ -208,3 +208,10 @@ def test_options_and_overrides_in_any_order(valid, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unrecognized arguments" not in err
     assert err.strip().splitlines()[1:] == [f"  checkpoint.resume: {absent} does not exist"]
+
+
+def test_a_missing_chat_template_file_is_named(tiny_llava, color_shards, tmp_path):
+    config = load(None, [f"model.path={tiny_llava}", f"data.train={color_shards / 'train'}",
+                         f"train.output_dir={tmp_path / 'run'}", "model.chat_template=/no/template.jinja"])
+    with pytest.raises(ConfigError, match="model.chat_template: /no/template.jinja is not a file"):
+        preflight(config)

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(config, world)
         summary = trainer.fit()
+    except ConfigError as error:  # found once the model and its processor are loaded (e.g. its chat template)
+        print(f"[rank {world.rank}] error: {error}", file=sys.stderr, flush=True)
+        return 2
     except Preempted as stop:
         print(f"[rank {world.rank}] {stop}", file=sys.stderr, flush=True)
         trainer.stop.forward(stop.signum)

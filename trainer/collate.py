@@ -16,16 +16,22 @@ from typing import Any
 
 import torch
 
-from data_shards.sample import IMAGE_TOKEN, Sample
+from data_shards.sample import IMAGE_TOKEN, ImageData, Sample, Turn
 from trainer.chat.answers import AnswerFinder, TemplateError
 from trainer.chat.template import ChatRenderer
 from trainer.blank_image import BlankImage
 from trainer.chat.tokens import IGNORE_INDEX, tokenize
+from trainer.families.rules import TILED, training_token_types
 from trainer.packing import mrope_merge, pack
 
 
 class BatchError(ValueError):
     pass
+
+
+TEMPLATE_PROBE = Sample("template-probe", [ImageData(b"", "png")], [
+    Turn("user", f"{IMAGE_TOKEN}\nWhat is shown?"), Turn("assistant", "A shape."),
+    Turn("user", "Which color?"), Turn("assistant", "Red.")])
 
 
 @dataclass
@@ -105,7 +111,8 @@ def build_collator(processor, model, max_length: int, template_source: str, pack
     collator = Collator(processor, max_length, *token_check_for(model.config), packing=packing,
                         template_source=template_source, supervise=supervise,
                         end_tokens=end_tokens(processor, getattr(model, "generation_config", None)),
-                        mrope_merge=mrope_merge(model.config))
+                        mrope_merge=mrope_merge(model.config), model_type=model.config.model_type)
+    collator.check_template()
     if blank_image:
         collator.blank_image = BlankImage(processor, collator.renderer.image_text())
     return collator
@@ -117,7 +124,7 @@ class Collator:
     def __init__(self, processor, max_length: int, image_token_id: int | None, tokens_per_image=None,
                  packing: bool = False, template_source: str = "the model's chat template",
                  end_tokens: list[str] | None = None, supervise: str = "all", blank_image=None,
-                 mrope_merge: int | None = None):
+                 mrope_merge: int | None = None, model_type: str | None = None):
         self.processor = processor
         self.max_length = max_length
         self.image_token_id = image_token_id
@@ -127,6 +134,13 @@ class Collator:
         self.answers = AnswerFinder(self.renderer, end_tokens or [processor.tokenizer.eos_token], supervise)
         self.blank_image = blank_image
         self.mrope_merge = mrope_merge
+        self.model_type = model_type
+
+    def check_template(self) -> None:
+        """Finds the answers of a two-exchange conversation with an image, so that a template that cannot be split
+        into prompt and answer stops the run before its first step (a `TemplateError` naming its source)."""
+        self.answers(messages(TEMPLATE_PROBE))
+        self.answers.prompt(messages(question(TEMPLATE_PROBE)))
 
     def render(self, sample: Sample):
         try:
@@ -170,6 +184,9 @@ class Collator:
                                  "chat template does not write it)")
         self.check_image_tokens(encoded, samples)
         encoded["labels"] = torch.where(mask, encoded["input_ids"], IGNORE_INDEX)
+        token_types = training_token_types(self.model_type, mask)
+        if token_types is not None:
+            encoded["token_type_ids"] = token_types
         return dict(encoded)
 
     def check_image_tokens(self, encoded: dict[str, torch.Tensor], samples: list[Sample]) -> None:
@@ -215,6 +232,7 @@ def token_check_for(model_config) -> tuple[int | None, Any]:
     merge = getattr(vision, "spatial_merge_size", None)
     if merge:
         return image_token, GridCount(merge)
-    if getattr(model_config, "image_grid_pinpoints", None) is None and getattr(model_config, "image_seq_length", None):
+    fixed = getattr(model_config, "image_grid_pinpoints", None) is None and model_config.model_type not in TILED
+    if fixed and getattr(model_config, "image_seq_length", None):
         return image_token, FixedCount(model_config.image_seq_length)
     return image_token, None

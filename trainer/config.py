@@ -26,6 +26,7 @@ class ModelSection:
     freeze_projector: bool = option(False, help="keep the multimodal projector frozen")
     freeze_language_model: bool = option(False, help="keep the language model frozen (implied by LoRA for base weights)")
     max_length: int = option(2048, help="longest token sequence; longer samples are dropped and counted, never cut")
+    chat_template: str = option("", help="a Jinja file used instead of the model's chat template (empty: the model's)")
 
 
 @dataclass

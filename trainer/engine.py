@@ -27,7 +27,9 @@ from data_shards.order import samples_per_rank
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig
 from trainer import ds_config
 from trainer.checkpoint import RUN_CONFIG, CheckpointManager, TrainerState, config_hash, save_adapter
-from trainer.chat.template import template_source
+from trainer.chat.answers import TemplateError
+from trainer.chat.template import use_chat_template
+from trainer.families.rules import packing_problem
 from trainer.collate import Batch, Collator, build_collator
 from trainer.config import TrainConfig
 from trainer.conftools import ConfigError, to_dict
@@ -333,9 +335,16 @@ def make_collator(processor, model, config: TrainConfig, world_size: int = 1) ->
     """The run's collator. Micro-batches without images carry a blank one (`trainer.blank_image`) with several ranks,
     and under ZeRO-3 on one rank too: there a micro-step that leaves the projector without a gradient corrupts the
     accumulated update (measured: losses off from the fifth step with gradient accumulation 2)."""
+    problem = packing_problem(model.config.model_type) if config.data.packing else None
+    if problem:
+        raise ConfigError([f"data.packing: {problem}"])
     blank = world_size > 1 or ds_config.zero_stage(config) == 3
-    return build_collator(processor, model, config.model.max_length, template_source(config.model.path),
-                          packing=config.data.packing, supervise=config.data.supervise, blank_image=blank)
+    source = use_chat_template(processor, config.model.path, config.model.chat_template)
+    try:
+        return build_collator(processor, model, config.model.max_length, source,
+                              packing=config.data.packing, supervise=config.data.supervise, blank_image=blank)
+    except TemplateError as error:
+        raise ConfigError([f"model.chat_template: {error}"]) from None
 
 
 def new_window(started: float | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def prompt_inputs(collator: Collator, processor, samples: list[Sample]) -> dict[
     """Each sample's conversation up to its last answer with the generation prompt, tokenized as training
     tokenizes (`processor` left-padding), so a prompt is exactly the tokens training puts before that answer."""
     asked = [question(s) for s in samples]
-    texts = [collator.renderer.render(messages(s), generation_prompt=True) for s in asked]
+    texts = [collator.answers.prompt(messages(s)) for s in asked]
     inputs = dict(tokenize(processor, texts, [prompt_images(s) for s in asked]))
     if collator.blank_image is not None and not any(s.images for s in asked):
         inputs = collator.blank_image.add(inputs, left=True)

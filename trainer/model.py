@@ -14,10 +14,12 @@ from torch import nn
 from transformers import AutoModelForImageTextToText
 
 from trainer.config import TrainConfig
+from trainer.mllama_fix import mask_image_free_rows
 
 log = logging.getLogger("shardtune")
 VISION_NAMES = ("vision_tower", "visual", "vision_model")
 PROJECTOR_NAMES = ("multi_modal_projector", "merger", "mm_projector", "connector")
+LANGUAGE_NAMES = ("language_model", "text_model")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -42,7 +44,7 @@ def find_parts(model: nn.Module) -> ModelParts:
     names = {name for name, _ in model.named_modules()}
     vision = shortest(n for n in names if n.rsplit(".", 1)[-1] in VISION_NAMES)
     projector = shortest(n for n in names if n.rsplit(".", 1)[-1] in PROJECTOR_NAMES)
-    language = shortest(n for n in names if n.rsplit(".", 1)[-1] == "language_model")
+    language = shortest(n for n in names if n.rsplit(".", 1)[-1] in LANGUAGE_NAMES)
     if not (vision and projector and language):
         raise ValueError(f"cannot find vision tower / projector / language model in {type(model).__name__} "
                          f"(found {vision!r}, {projector!r}, {language!r})")
@@ -98,7 +100,7 @@ def load_base_model(config: TrainConfig, device: torch.device) -> nn.Module:
         log.warning("%s: no SDPA support, using eager attention", config.model.path)
         model = AutoModelForImageTextToText.from_pretrained(config.model.path, attn_implementation="eager", **kwargs)
     model.train()  # from_pretrained returns eval mode; bitsandbytes repacks 4-bit weights on eval forwards
-    return model
+    return mask_image_free_rows(model)
 
 
 def apply_freeze_policy(model: nn.Module, parts: ModelParts, config: TrainConfig) -> None:

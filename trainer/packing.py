@@ -15,8 +15,11 @@ import torch
 
 from trainer.chat.tokens import IGNORE_INDEX
 
-PER_TOKEN = ("input_ids", "attention_mask", "labels", "mm_token_type_ids")
+PER_TOKEN = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "token_type_ids")
 PER_IMAGE = ("pixel_values", "image_sizes", "image_grid_thw")  # the batch's images in sample order
+# Idefics3: pixel values (samples, images, C, H, W) and this mask are one entry per sample, its images padded
+# with all-zero ones that the model drops
+PER_SAMPLE = ("pixel_attention_mask",)
 
 
 class PackingError(ValueError):
@@ -53,14 +56,14 @@ def pack(inputs: dict[str, torch.Tensor], lengths: list[int], images_per_sample:
          pad_id: int, mrope_merge: int | None = None) -> dict[str, torch.Tensor]:
     """Rows of packed samples, no attention mask. Rows may take samples out of batch order; the per-image inputs
     are reordered with them, since the model hands the image features to the image tokens in reading order."""
-    unknown = [k for k in inputs if k not in PER_TOKEN and k not in PER_IMAGE]
+    unknown = [k for k in inputs if k not in (*PER_TOKEN, *PER_IMAGE, *PER_SAMPLE)]
     if unknown:
         raise PackingError(f"cannot pack: inputs {unknown} have no packed form (set data.packing=false)")
     rows = packed_rows(lengths, max_length)
     order = [index for row in rows for index in row]
     grids = image_grids(inputs, images_per_sample)
     width = max(sum(lengths[i] for i in row) for row in rows)
-    fills = {"input_ids": pad_id, "labels": IGNORE_INDEX, "mm_token_type_ids": 0}
+    fills = {"input_ids": pad_id, "labels": IGNORE_INDEX, "mm_token_type_ids": 0, "token_type_ids": 0}
     packed = {k: torch.full((len(rows), width), fills[k], dtype=inputs[k].dtype) for k in fills if k in inputs}
     positions = torch.zeros((4 if mrope_merge else 1, len(rows), width), dtype=torch.long)
     for row, members in enumerate(rows):
@@ -115,7 +118,10 @@ def image_grids(inputs: dict[str, torch.Tensor], images_per_sample: list[int]) -
 
 def reorder_images(inputs: dict[str, torch.Tensor], sample_order: list[int], images_per_sample: list[int]):
     """The per-image inputs for the samples read in `sample_order`. Qwen2-VL's pixel values are one row per
-    patch (an image's rows: its grid's t·h·w), the others one entry per image."""
+    patch (an image's rows: its grid's t·h·w), Idefics3's one entry per sample (PER_SAMPLE), the others one
+    entry per image."""
+    if any(key in inputs for key in PER_SAMPLE):
+        return {k: inputs[k][sample_order] for k in ("pixel_values", *PER_SAMPLE) if k in inputs}
     starts = np.concatenate([[0], np.cumsum(images_per_sample)]).astype(int)
     images = [i for s in sample_order for i in range(starts[s], starts[s + 1])]
     out = {k: inputs[k][images] for k in PER_IMAGE if k in inputs}

@@ -28,6 +28,7 @@ from trainer.checkpoint import LATEST, RUN_CONFIG
 from trainer.chat.template import template_source
 from trainer.collate import IGNORE_INDEX, Batch, build_collator, question
 from trainer.evaluation import EvalBatch, dtype_of, generate, move, prompt_inputs
+from trainer.mllama_fix import mask_image_free_rows
 from trainer.model import DTYPES, four_bit_config
 from trainer.processor import load_processor
 
@@ -121,6 +122,7 @@ def load_model(source: ModelSource, device: torch.device):
                                                             compute), "device_map": {"": device}}
     try:
         model = AutoModelForImageTextToText.from_pretrained(source.model, dtype=dtype, **quantized)
+        mask_image_free_rows(model)
         processor = load_processor(source.model)
     except OSError as error:
         local = "" if Path(source.model).exists() else "no such folder; as a hub id: "

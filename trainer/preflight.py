@@ -42,6 +42,7 @@ def preflight(config: TrainConfig) -> None:
         *deepspeed_problems(config.deepspeed.config),
         *output_dir_problems(config.train.output_dir),
         *resume_problems(config.checkpoint.resume, config.train.output_dir),
+        *template_problems(config.model.chat_template),
     ]
     if problems:
         raise ConfigError(problems)
@@ -198,4 +199,11 @@ def resume_problems(resume: str, output_dir: str) -> list[str]:
         CheckpointManager(Path(output_dir), 0, 0, "", "min").resolve(resume)
     except FileNotFoundError as error:
         return [str(error)]
+    return []
+
+
+def template_problems(path: str) -> list[str]:
+    """A chat template file given in place of the model's is a readable file."""
+    if path and not Path(path).is_file():
+        return [f"model.chat_template: {path} is not a file"]
     return []

@@ -22,7 +22,7 @@ from types import ModuleType
 import torch
 from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
-from trainer.families.kit import llava, qwen
+from trainer.families.kit import gemma, idefics3, internvl, llava, mllama, qwen
 from trainer.families.kit.tokenizer import build_tokenizer
 from trainer.families.published import Published, load
 
@@ -34,11 +34,16 @@ KITS: dict[str, tuple[str, ModuleType]] = {
     "llava_onevision": ("llava-onevision-qwen2-0.5b-ov-hf", llava),
     "qwen2_vl": ("qwen2-vl-2b-instruct", qwen),
     "qwen2_5_vl": ("qwen2.5-vl-7b-instruct", qwen),
+    "idefics3": ("smolvlm-256m-instruct", idefics3),
+    "internvl": ("internvl3-1b-hf", internvl),
+    "mllama": ("llama-3.2-11b-vision-instruct", mllama),
+    "gemma3": ("gemma-3-4b-it", gemma),
+    "paligemma": ("paligemma-3b-mix-224", gemma),
 }
 FAMILIES = ("llava", "llava_next", "qwen2_vl")  # the three the fast tests cover; every kit family: KITS
 SMALL_IMAGE = 56  # 4 × 14-pixel patches: fast tests' vision input, where the family's size is fixed
 MARKER = "tiny_model.json"
-KIT_VERSION = 3  # bump when what is built changes, so that directories built before are rebuilt
+KIT_VERSION = 4  # bump when what is built changes, so that directories built before are rebuilt
 LM_HEAD_SCALE = 10.0
 
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange")

@@ -51,27 +51,42 @@ class AnswerFinder:
         self.supervise = supervise
 
     def __call__(self, messages: list[dict[str, Any]]) -> Rendered:
-        turns = assistant_turns(messages)
-        if self.supervise == "last":
-            turns = turns[-1:]
-        text = self.renderer.render(messages)
+        text, spans = self.closed(messages)
+        return Rendered(text, spans[-1:] if self.supervise == "last" else spans)
+
+    def prompt(self, messages: list[dict[str, Any]]) -> str:
+        """The text a model generates its next answer from: `messages` (ending with a user turn) as training renders
+        them, earlier answers closed by their end-of-turn token, then the template's generation prompt."""
+        text, _ = self.closed(messages)
+        plain = self.renderer.render(messages)
+        generation = self.renderer.render(messages, generation_prompt=True)
+        if not generation.startswith(plain):
+            raise TemplateError(f"{self.renderer.source}: the chat template's generation prompt does not extend the "
+                                f"conversation: it renders {divergence(plain, generation)}")
+        return text + generation[len(plain):]
+
+    def closed(self, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation with every answer closed by an end-of-turn token, and each answer's span."""
+        text = full = self.renderer.render(messages)
         spans, inserted = [], 0
-        for turn in turns:
-            start, end = self.raw_span(messages, turn, text)
+        for turn in assistant_turns(messages):
+            start, end = self.raw_span(messages, turn, full)
             start, end = start + inserted, end + inserted
             text, end, added = self.close_answer(text, start, end, answer_text(messages[turn]))
             inserted += added
             spans.append((start, end))
-        return Rendered(text, spans)
+        return text, spans
 
     def raw_span(self, messages: list[dict[str, Any]], turn: int, full: str) -> tuple[int, int]:
         prompt = self.renderer.render(messages[:turn], generation_prompt=True)
         upto = self.renderer.render(messages[:turn + 1])
-        if not (upto.startswith(prompt) and full.startswith(upto)):
-            raise TemplateError(
-                f"{self.renderer.source}: the chat template cannot be split into prompt and answer (rendering the "
-                f"conversation up to assistant turn {turn} with the generation prompt is not a prefix of rendering it "
-                "with that turn, or that is not a prefix of the whole conversation)")
+        for shorter, longer, what in ((prompt, upto, "the generation prompt"), (upto, full, "this turn")):
+            if not longer.startswith(shorter):
+                raise TemplateError(
+                    f"{self.renderer.source}: the chat template cannot be split into prompt and answer: up to "
+                    f"assistant turn {turn}, {what} renders {divergence(shorter, longer)}; training on it would give "
+                    "the model other prompt tokens than inference does (set model.chat_template to a template file "
+                    "that renders the generation prompt as the start of the assistant turn)")
         return len(prompt), len(upto)
 
     def close_answer(self, text: str, start: int, end: int, answer: str) -> tuple[str, int, int]:
@@ -98,3 +113,9 @@ class AnswerFinder:
                 if stripped.startswith(token):
                     return answer_end, answer_end + len(tail) - len(stripped) + len(token)
         return ends[0], None
+
+
+def divergence(shorter: str, longer: str) -> str:
+    """Where two renderings part: the text each has from the first differing character."""
+    index = next((i for i, (a, b) in enumerate(zip(shorter, longer)) if a != b), len(shorter))
+    return f"{shorter[index:index + 24]!r} where the longer rendering has {longer[index:index + 24]!r}"

@@ -20,7 +20,10 @@ def build_tokenizer(published: Published, corpus: list[str], extra: list[str]) -
     bpe = Tokenizer(models.BPE(unk_token=roles.get("unk_token"), byte_fallback=published.sentencepiece))
     if published.sentencepiece:  # Llama / Mistral / Gemma: spaces become '▁', one in front of the text
         bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-        bpe.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+        # a newline is a piece of its own, never merged with the word after it (Llama's and Mistral's byte
+        # <0x0A>, Gemma's newline tokens), so that an answer after a newline starts a token
+        bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("▁", behavior="merged_with_next"),
+                                                     pre_tokenizers.Split("\n", behavior="isolated")])
         bpe.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                          decoders.Strip(" ", 1, 0)])
         alphabet = sorted({character for text in corpus for character in text.replace(" ", "▁")})
@@ -40,8 +43,10 @@ def build_tokenizer(published: Published, corpus: list[str], extra: list[str]) -
     elif not published.sentencepiece:
         bpe.post_processor = processors.ByteLevel(trim_offsets=False)
     others = [token for token in specials if token not in roles.values()]
+    # Named model-specific tokens (Gemma 3's boi_token, eoi_token, image_token), read by name by processors
+    named = published.data["tokenizer"].get("extra_special_tokens") or {}
     return PreTrainedTokenizerFast(tokenizer_object=bpe, model_max_length=1 << 16, extra_special_tokens=others,
-                                   chat_template=published.chat_template, **roles)
+                                   chat_template=published.chat_template, **roles, **named)
 
 
 def with_byte_fallback(bpe: Tokenizer, unk: str | None) -> models.BPE:
