@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from transformers.utils.chat_template_utils import render_jinja_template
+
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "processor_config.json", "tokenizer_config.json")
 
 
@@ -50,9 +52,14 @@ class ChatRenderer:
         self.system_as_text = self.reads_system_text_only()
 
     def render(self, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+        """As `processor.apply_chat_template(messages, tokenize=False)` renders them, without its per-call parse of
+        the template (a third of the collate time)."""
         if self.system_as_text:
             messages = [system_text(message) if message["role"] == "system" else message for message in messages]
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        (text,), _ = render_jinja_template([messages], chat_template=self.processor.chat_template,
+                                           add_generation_prompt=generation_prompt,
+                                           **self.processor.tokenizer.special_tokens_map)
+        return text
 
     def reads_system_text_only(self) -> bool:
         probe = "PROBE-SYSTEM-TEXT"
