@@ -6,6 +6,7 @@ de-duplicated by sample key, so the padding that equalises ranks is not counted 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import string
 from dataclasses import dataclass
@@ -97,10 +98,24 @@ def evaluate(engine, loader, tokenizer, max_batches: int, max_new_tokens: int, s
 
 def generate(module, item: EvalBatch, tokenizer, device, max_new_tokens: int, synced: bool) -> list[str]:
     prompts = move(item.prompts, device, dtype_of(module))
-    output = module.generate(**prompts, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
-                             pad_token_id=tokenizer.pad_token_id)
+    with gathered_loose_parameters(module):
+        output = module.generate(**prompts, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
+                                 pad_token_id=tokenizer.pad_token_id)
     new_tokens = output[:, prompts["input_ids"].shape[1]:]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def gathered_loose_parameters(module):
+    """Under ZeRO-3, the parameters that belong to a module with children (LLaVA-NeXT's `image_newline`) gathered
+    whole: `generate` reaches them through `get_image_features`, outside any forward whose hooks would gather
+    them, and would find them empty. Elsewhere nothing to do."""
+    loose = [p for m in module.modules() if next(m.children(), None) is not None
+             for p in m.parameters(recurse=False) if hasattr(p, "ds_id")]
+    if not loose:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(loose, modifier_rank=None)
 
 
 def dtype_of(module) -> torch.dtype:

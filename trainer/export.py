@@ -338,12 +338,16 @@ def prepare_out(out: Path, force: bool, inputs: list[Path]) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def save(model: nn.Module, out: Path, dtype: str, max_shard_size: str, base: str) -> int:
-    """Weights in `dtype` (transformers 5 always writes safetensors), config, generation config, processor."""
+def save(model: nn.Module, out: Path, dtype: str, max_shard_size: str, base: str, chat_template: str = "") -> int:
+    """Weights in `dtype` (transformers 5 always writes safetensors), config, generation config, processor with the
+    chat template the run trained with (`model.chat_template`, when it replaced the base's)."""
+    from trainer.chat.template import use_chat_template
     from trainer.processor import load_processor
 
     model.to(DTYPES[dtype]).save_pretrained(out, max_shard_size=max_shard_size)
-    load_processor(base).save_pretrained(out)
+    processor = load_processor(base)
+    use_chat_template(processor, base, chat_template)
+    processor.save_pretrained(out)
     return sum(f.stat().st_size for f in out.glob("*.safetensors"))
 
 
@@ -438,8 +442,9 @@ def verification_batches(samples: list, out: Path, max_length: int) -> list[dict
     from trainer.collate import Collator, token_check_for
     from trainer.processor import load_processor
 
-    collator = Collator(load_processor(out), max_length, *token_check_for(AutoConfig.from_pretrained(out)),
-                        template_source=template_source(out))
+    config = AutoConfig.from_pretrained(out)
+    collator = Collator(load_processor(out), max_length, *token_check_for(config), template_source=template_source(out),
+                        model_type=config.model_type)
     batches = [collator([sample]) for sample in samples]
     kept = [{k: v for k, v in batch.inputs.items() if k != "labels"} for batch in batches if len(batch)]
     if not kept:
@@ -449,9 +454,12 @@ def verification_batches(samples: list, out: Path, max_length: int) -> list[dict
 
 @torch.no_grad()
 def masked_logits(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-    """fp32 logits at the real (attention-mask) positions of each batch."""
+    """fp32 logits at the real (attention-mask) positions of each batch, computed as the trainer computes them
+    (Mllama's image-free tokens as in Meta's reference, `trainer.mllama_fix`)."""
     from trainer.evaluation import dtype_of, move
+    from trainer.mllama_fix import mask_image_free_rows
 
+    mask_image_free_rows(model)
     dtype = dtype_of(model)
     return [model(**move(b, torch.device("cpu"), dtype), use_cache=False).logits[b["attention_mask"].bool()].float()
             for b in batches]
@@ -545,7 +553,8 @@ def export_weights(source: Source, config: TrainConfig, out: Path, dtype: str, m
     started = time.perf_counter()
     phase_only = reset_peak_rss()
     before = current_rss()
-    merged_bytes = save(merged_model(source, config, dtype), out, dtype, max_shard_size, config.model.path)
+    merged_bytes = save(merged_model(source, config, dtype), out, dtype, max_shard_size, config.model.path,
+                        config.model.chat_template)
     peak = peak_rss()
     say(f"wrote {merged_bytes / 2**20:.1f} MiB in {time.perf_counter() - started:.1f} s; peak RSS "
         f"{peak / 2**20:.0f} MiB ({peak / merged_bytes:.2f}× the weights; {before / 2**20:.0f} MiB before loading)")
