@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         for dtype, base in bases.items():
             result[f"LoRA, {dtype} base → bfloat16"] = export(adapter, base, args.out / f"merged-from-{dtype}", "bfloat16")
     if args.only in (None, "full"):
-        base = build_tiny_model("llava", args.out / "full-base", image_size=SMALL_IMAGE, text={**TEXT, "num_hidden_layers": args.full_layers},
-                                overwrite=True)
+        base = build_tiny_model("llava", args.out / "full-base", image_size=SMALL_IMAGE, overwrite=True,
+                                text={**TEXT, "num_hidden_layers": args.full_layers})
         for stage in args.full_stages:
             run = full_finetune(args.out, base, stage)
             result[f"full, ZeRO-{stage} → float32"] = export(run, base, args.out / f"full-{stage}", "float32")

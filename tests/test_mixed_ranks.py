@@ -18,10 +18,11 @@ STEPS = 40
 
 
 def overrides(model: Path, shards: Path, run: Path, zero: int, *extra: str) -> list[str]:
+    json_stage = 3 if zero == 3 else 2
     return [f"model.path={model}", f"data.train={shards / 'train'}", f"data.val={shards / 'val'}",
             f"train.output_dir={run}", "train.micro_batch_size=1", f"train.max_steps={STEPS}", "train.log_every=1",
             "data.num_workers=1", "eval.at_start=true", "optimizer.lr=3e-3", "optimizer.projector_lr=3e-3",
-            f"deepspeed.config={ROOT}/configs/deepspeed/zero{zero}.json", *extra]
+            f"deepspeed.config={ROOT}/configs/deepspeed/zero{json_stage}.json", f"deepspeed.zero_stage={zero}", *extra]
 
 
 def mismatched_steps(shards: Path, ranks: int = 2) -> list[int]:
@@ -43,7 +44,8 @@ def reference(tiny_llava, mixed_shards, tmp_path_factory) -> dict[int, float]:
     return train_losses(run)
 
 
-@pytest.mark.parametrize("launcher, ranks, zero", [("deepspeed", 2, 2), ("deepspeed", 2, 3), ("python", 1, 3)])
+@pytest.mark.parametrize("launcher, ranks, zero", [("deepspeed", 2, 0), ("deepspeed", 2, 1), ("deepspeed", 2, 2),
+                                                   ("deepspeed", 2, 3), ("python", 1, 3)])
 def test_text_only_and_image_micro_batches_train_as_the_reference(tiny_llava, mixed_shards, reference, tmp_path,
                                                                    launcher, ranks, zero):
     """Two ranks, each micro-batch one sample, text-only beside image; and ZeRO-3 on one rank with accumulation,
@@ -58,3 +60,27 @@ def test_text_only_and_image_micro_batches_train_as_the_reference(tiny_llava, mi
     assert [losses[s] for s in losses] == pytest.approx([reference[s] for s in losses], rel=1e-4, abs=1e-5)
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["accuracy_after"] > summary["accuracy_before"]
+
+
+FULL = ["lora.enabled=false", "optimizer.lr=3e-4", "optimizer.projector_lr=3e-4"]
+
+
+def test_full_fine_tuning_under_zero3_trains_as_the_reference(tiny_llava, mixed_shards, tmp_path):
+    """Every weight trained (vision tower frozen): ZeRO-3 on 2 ranks against one rank, ZeRO-2, accumulation 2."""
+    runs = {}
+    for name, launcher, ranks, zero, extra in (("reference", "python", 1, 2, ["train.grad_accum=2"]),
+                                               ("zero3", "deepspeed", 2, 3, [])):
+        runs[name] = tmp_path / name
+        result = launch_training(launcher, ranks, overrides(tiny_llava, mixed_shards, runs[name], zero, *FULL, *extra))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    losses, reference = train_losses(runs["zero3"]), train_losses(runs["reference"])
+    assert [losses[s] for s in sorted(losses)] == pytest.approx([reference[s] for s in sorted(losses)], rel=1e-4,
+                                                                  abs=1e-5)
+
+
+def test_qlora_on_two_ranks_with_mixed_micro_batches_runs_to_the_end(tiny_llava, mixed_shards, tmp_path):
+    run = tmp_path / "qlora"
+    result = launch_training("deepspeed", 2, overrides(tiny_llava, mixed_shards, run, 2, "quant.load_in_4bit=true"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["accuracy_after"] > summary["accuracy_before"]

@@ -187,10 +187,10 @@ def filled(model: nn.Module, tensors, dtype: str, origin: str, base: str) -> nn.
         if name not in own:
             raise ExportError(f"{origin}: holds {name}, which the base model {base} does not have")
         set_module_tensor_to_device(model, name, "cpu", value=tensor, dtype=DTYPES[dtype])
+    model.tie_weights()  # a tied head (Gemma, InternVL) is not stored: it is the input embedding
     empty = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
     if empty:
         raise ExportError(f"{origin}: lacks {len(empty)} tensors of the base model, e.g. {empty[:3]}")
-    model.tie_weights()
     model.generation_config = base_generation_config(base, model.generation_config)
     return model
 
