@@ -8,18 +8,16 @@ that cannot be split into prompt and answer is refused, naming its file.
 from __future__ import annotations
 
 import copy
-import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import AutoModelForImageTextToText
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from conftest import ROOT
-from data_shards.sample import ImageData, Sample, Turn
+from test_collate import image, supervised_spans
+from data_shards.sample import Sample, Turn
 from trainer.chat.answers import TemplateError
 from trainer.chat.template import ChatRenderer, template_source, use_chat_template
 from trainer.collate import IGNORE_INDEX, build_collator, messages
@@ -38,17 +36,10 @@ REPLACED_TEMPLATES = {"llava_onevision": ROOT / "configs/templates/llava-onevisi
 UNSPLITTABLE_TEMPLATES = sorted(f for f in REPLACED_TEMPLATES if load(KITS[f][0]).chat_template is not None)
 
 
-def image(seed: int, width: int = 64, height: int = 48) -> ImageData:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return ImageData(buffer.getvalue(), "png")
-
-
 def mixed_samples() -> list[Sample]:
     """One image; text only over two exchanges; two images of different sizes (another language too)."""
     return [
-        Sample("one-image", [image(1)], [Turn("user", "<image>\nWhat color is the shape?"), Turn("assistant", "red")]),
+        Sample("one-image", [image(1, 64, 48)], [Turn("user", "<image>\nWhat color is the shape?"), Turn("assistant", "red")]),
         Sample("text-only", [], [Turn("user", "Which color do you get by mixing blue and yellow?"),
                                  Turn("assistant", "green"), Turn("user", "And red and white?"),
                                  Turn("assistant", "pink")]),
@@ -206,18 +197,6 @@ def test_a_published_template_that_cannot_be_split_is_refused_naming_its_file(fa
     assert Path(source).is_file() and Path(source).parent == path
     with pytest.raises(TemplateError, match=f"{source}: the chat template cannot be split into prompt and answer"):
         build_collator(processor, model, 1024, source)
-
-
-def supervised_spans(labels: torch.Tensor) -> list[list[int]]:
-    spans, current = [], []
-    for token in labels.tolist():
-        if token == IGNORE_INDEX:
-            if current:
-                spans.append(current)
-            current = []
-        else:
-            current.append(token)
-    return spans + ([current] if current else [])
 
 
 def supervised_starts(labels: torch.Tensor) -> list[int]:
