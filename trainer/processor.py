@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from transformers import (AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer, InternVLProcessor,
-                          LlavaOnevisionProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor)
-from transformers import PaliGemmaProcessor, ProcessorMixin
+                          LlavaOnevisionProcessor, PaliGemmaProcessor, ProcessorMixin, Qwen2_5_VLProcessor,
+                          Qwen2VLProcessor)
 from transformers.utils import is_torchvision_available
 
 
