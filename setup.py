@@ -33,10 +33,10 @@ setup(
     entry_points={
         "console_scripts": [
             "shardtune-data=data_shards.cli:main",
-            "shardtune-train=trainer.cli:main",
-            "shardtune-eval=trainer.report_eval:main",
-            "shardtune-predict=trainer.predict:main",
-            "shardtune-merge=trainer.export:main",
+            "shardtune-train=trainer.train.cli:main",
+            "shardtune-eval=trainer.evaluate.run:main",
+            "shardtune-predict=trainer.evaluate.predict_cli:main",
+            "shardtune-merge=trainer.export.cli:main",
         ],
     },
 )

@@ -10,7 +10,7 @@ after the imports, so the merge and save phase alone) from merge_summary.json.
 And the consolidation of a full fine-tune, from checkpoints of real 2-rank ZeRO-2 and ZeRO-3 runs of
 `launch/train.py` (one step, `lora.enabled=false`) on a random LLaVA with 8 of those 24 layers (~0.4 B
 parameters, 1.6 GB in fp32), exported with `--dtype float32`: DeepSpeed's fp32 master weights, read by
-`trainer.zero_reader` one tensor at a time.
+`trainer.export.zero_reader` one tensor at a time.
 
 Goal: peak ≤ 1.3× the merged model's size. Both ratios are printed, with and without the process's
 resident memory before loading (interpreter, torch, transformers).
@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))  # run as a script without installing
 
 from data_shards.build import BuildConfig, build  # noqa: E402
 from data_shards.synthetic import make_dataset  # noqa: E402
-from trainer.distributed import free_port  # noqa: E402
-from trainer.tiny import SMALL_IMAGE, build_tiny_model  # noqa: E402
+from trainer.distributed.world import free_port  # noqa: E402
+from trainer.testing.tiny import SMALL_IMAGE, build_tiny_model  # noqa: E402
 
 GOAL = 1.3
 TEXT = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
@@ -48,7 +48,7 @@ def build_bases(out: Path) -> dict[str, Path]:
     """The same random weights (the tiny kit's LLaVA with the TEXT language model) saved in fp32 and in bf16."""
     from transformers import AutoModelForImageTextToText
 
-    from trainer.processor import load_processor
+    from trainer.models.processor import load_processor
 
     fp32 = build_tiny_model("llava", out / "base-float32", image_size=SMALL_IMAGE, text=TEXT, overwrite=True)
     bf16 = out / "base-bfloat16"

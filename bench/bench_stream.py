@@ -46,11 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from data_shards.build import BuildConfig, build  # noqa: E402
 from data_shards.images import ImagePolicy  # noqa: E402
+from data_shards.index import INDEX_NAME, load_index  # noqa: E402
 from data_shards.sample import Sample, from_members  # noqa: E402
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig  # noqa: E402
 from data_shards.synthetic import make_loose_benchmark_set  # noqa: E402
 from data_shards.tario import members_in_range  # noqa: E402
-from data_shards.write import INDEX_NAME, load_index  # noqa: E402
 
 SEED = 0
 WARMUP_BATCHES = 4

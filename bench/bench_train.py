@@ -56,12 +56,12 @@ from data_shards.build import BuildConfig, build  # noqa: E402
 from data_shards.stream import ShardStream, Skipped, StreamConfig  # noqa: E402
 from data_shards.synthetic import make_dataset, make_loose_benchmark_set  # noqa: E402
 from data_shards.write import ShardLayout  # noqa: E402
-from trainer.collate import Collator  # noqa: E402
-from trainer.packing import packed_rows  # noqa: E402
-from trainer.config import load  # noqa: E402
-from trainer.distributed import free_port  # noqa: E402
-from trainer.processor import load_processor  # noqa: E402
-from trainer.tiny import GENERIC_ENGLISH, SMALL_IMAGE, build_tiny_model  # noqa: E402
+from trainer.batches.collate import Collator  # noqa: E402
+from trainer.batches.packing import packed_rows  # noqa: E402
+from trainer.config.schema import load  # noqa: E402
+from trainer.distributed.world import free_port  # noqa: E402
+from trainer.models.processor import load_processor  # noqa: E402
+from trainer.testing.tiny import GENERIC_ENGLISH, SMALL_IMAGE, build_tiny_model  # noqa: E402
 
 RECIPE = ROOT / "configs/demo.yaml"
 BUILD_WORKERS = 2

@@ -29,13 +29,14 @@ from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments
 
 from data_shards.sample import Sample  # noqa: E402
 from data_shards.stream import ShardStream, Skipped, StreamConfig  # noqa: E402
-from trainer import ds_config  # noqa: E402
-from trainer.collate import Collator  # noqa: E402
-from trainer.config import TrainConfig, load  # noqa: E402
-from trainer.distributed import release_shm_allreduce_buffer, world_from_env  # noqa: E402
-from trainer.engine import make_collator, seed_everything  # noqa: E402
-from trainer.model import prepare_model  # noqa: E402
-from trainer.processor import load_processor  # noqa: E402
+from trainer.config import deepspeed_json  # noqa: E402
+from trainer.batches.collate import Collator  # noqa: E402
+from trainer.config.schema import TrainConfig, load  # noqa: E402
+from trainer.distributed.world import release_shm_allreduce_buffer, world_from_env  # noqa: E402
+from trainer.train.loaders import make_collator  # noqa: E402
+from trainer.train.trainer import seed_everything  # noqa: E402
+from trainer.models.loading import prepare_model  # noqa: E402
+from trainer.models.processor import load_processor  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -109,7 +110,7 @@ def training_arguments(config: TrainConfig, args: argparse.Namespace, world_size
         lr_scheduler_type=opt.schedule, warmup_steps=opt.warmup_steps, optim="adamw_torch", seed=train.seed,
         logging_steps=train.log_every, save_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_num_workers=config.data.num_workers, remove_unused_columns=False,
-        deepspeed=ds_config.resolve(config, world_size, hidden),
+        deepspeed=deepspeed_json.resolve(config, world_size, hidden),
         # Without use_cpu, accelerate 1.15 finds no backend on a machine without an accelerator device
         # (`PartialState._prepare_backend` names one only for GPU-like devices or for cpu=True): it runs
         # `deepspeed.init_distributed` (2 ranks) but then records `num_processes = 1`, and HF refuses the

@@ -1,6 +1,6 @@
 """The baseline for our loop's overhead: a hand-written DeepSpeed loop, run under the deepspeed launcher.
 
-Same recipe as `launch/train.py` (the same YAML and overrides, read by `trainer.config.load`), so the
+Same recipe as `launch/train.py` (the same YAML and overrides, read by `trainer.config.schema.load`), so the
 same model and LoRA setup (`prepare_model`), parameter groups, optimizer, schedule and resolved
 DeepSpeed config. The batches are this rank's first `--steps` micro-batches of epoch 0, made by the
 same stream and `Collator` as the trainer's. With `--feed precollated` (the baseline) they are all
@@ -28,15 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import deepspeed  # noqa: E402
 
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig  # noqa: E402
-from trainer import ds_config  # noqa: E402
-from trainer.collate import Batch  # noqa: E402
-from trainer.config import TrainConfig, load  # noqa: E402
-from trainer.distributed import world_from_env  # noqa: E402
-from trainer.engine import init_distributed, make_collator, make_optimizer, seed_everything  # noqa: E402
-from trainer.evaluation import dtype_of, move  # noqa: E402
-from trainer.model import parameter_groups, prepare_model  # noqa: E402
-from trainer.processor import load_processor  # noqa: E402
-from trainer.schedule import build_scheduler  # noqa: E402
+from trainer.config import deepspeed_json  # noqa: E402
+from trainer.batches.collate import Batch  # noqa: E402
+from trainer.config.schema import TrainConfig, load  # noqa: E402
+from trainer.distributed.world import world_from_env  # noqa: E402
+from trainer.distributed.process_group import process_group  # noqa: E402
+from trainer.evaluate.generation import dtype_of, move  # noqa: E402
+from trainer.models.loading import prepare_model  # noqa: E402
+from trainer.models.processor import load_processor  # noqa: E402
+from trainer.train.loaders import make_collator  # noqa: E402
+from trainer.train.optim import build_scheduler, make_optimizer, parameter_groups  # noqa: E402
+from trainer.train.trainer import seed_everything  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,7 +75,7 @@ def precollated(stream: ShardStream, collator, steps: int) -> tuple[list[Batch],
 def make_engine(model, parts, config: TrainConfig, world_size: int):
     """What `Trainer.make_engine` builds: resolved DeepSpeed JSON, parameter groups, optimizer, schedule."""
     hidden = getattr(getattr(model.config, "text_config", model.config), "hidden_size", 1024)
-    resolved = ds_config.resolve(config, world_size, hidden)
+    resolved = deepspeed_json.resolve(config, world_size, hidden)
     groups = parameter_groups(model, parts, config)
     optimizer = make_optimizer(groups, config, resolved)
     opt = config.optimizer
@@ -110,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load(args.config, [*args.overrides, f"train.max_steps={args.steps}"])
     world = world_from_env()
-    device = init_distributed(world)
+    with process_group(world) as device:
+        return run(args, config, world, device)
+
+
+def run(args, config: TrainConfig, world, device) -> int:
     seed_everything(config.train.seed)
     model, parts = prepare_model(config, device)
     collator = make_collator(load_processor(config.model.path), model, config)

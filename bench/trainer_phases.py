@@ -1,7 +1,7 @@
 """Diagnostic: where our trainer's step time goes. `launch/train.py` with a timer around each phase of a step.
 
-Run it exactly like launch/train.py, under the deepspeed launcher; it trains through `trainer.cli.main`
-with `trainer.engine.Trainer` replaced by a subclass whose `micro_step` times, on every rank:
+Run it exactly like launch/train.py, under the deepspeed launcher; it trains through `trainer.train.cli.main`
+with `trainer.train.trainer.Trainer` replaced by a subclass whose `micro_step` times, on every rank:
 
   fetch                 waiting for the loader's next batch (from the end of the previous step)
   forward               engine forward (loss)
@@ -29,13 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script under the launcher
 
-import trainer.engine  # noqa: E402
-from trainer.cli import main  # noqa: E402
+import trainer.train.trainer  # noqa: E402
+from trainer.train.cli import main  # noqa: E402
 
 PHASES = ("fetch", "forward", "start_agreement", "backward", "step", "end_optimizer_step")
 
 
-class PhaseTrainer(trainer.engine.Trainer):
+class PhaseTrainer(trainer.train.trainer.Trainer):
     def micro_step(self, batch, last_batch):
         if not hasattr(self, "phase_seconds"):
             self.start_timing()
@@ -74,5 +74,5 @@ class PhaseTrainer(trainer.engine.Trainer):
 
 
 if __name__ == "__main__":
-    trainer.engine.Trainer = PhaseTrainer
+    trainer.train.trainer.Trainer = PhaseTrainer
     sys.exit(main())

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from data_shards.index import INDEX_NAME, load_index
 from data_shards.sample import Sample
 from data_shards.stream import ShardStream, StreamConfig
-from data_shards.write import INDEX_NAME, load_index
 
 THUMB = 128
 CAPTION_HEIGHT = 28

@@ -25,10 +25,10 @@ import torch
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_shards.index import INDEX_NAME, load_index
 from data_shards.order import EpochOrder, epoch_order, rank_positions, samples_per_rank, worker_items
 from data_shards.sample import Sample, SchemaError, from_members
 from data_shards.tario import CorruptShardError, iter_samples, members_in_range
-from data_shards.write import INDEX_NAME, load_index
 
 log = logging.getLogger(__name__)
 POLICIES = ("skip", "fail")

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from data_shards.index import save_index
 from data_shards.sample import SCHEMA_VERSION, Sample, to_members
-
-INDEX_NAME = "index.json"
-TAR_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -50,10 +47,6 @@ def shard_name(number: int) -> str:
 
 def tar_key(index_in_split: int) -> str:
     return f"{index_in_split:09d}"
-
-
-def member_bytes(size: int) -> int:
-    return TAR_BLOCK + (size + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
 
 
 def plan_shards(sample_bytes: list[int], layout: ShardLayout) -> list[range]:
@@ -109,20 +102,4 @@ def write_index(split_dir: Path, split: str, shards: list[ShardInfo], header: di
         **header,
         "shards": [asdict(s) for s in shards],
     }
-    path = split_dir / INDEX_NAME
-    tmp = path.with_name(INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def load_index(path: Path) -> dict[str, Any]:
-    try:
-        index = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no shard index (build the shards first)") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: corrupt shard index ({error.msg} at line {error.lineno})") from None
-    if index.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema {index.get('schema_version')}, this code reads {SCHEMA_VERSION}")
-    return index
+    return save_index(split_dir, index)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.report_eval import main  # noqa: E402
+from trainer.evaluate.run import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.distributed.world import free_port
+
 CLUSTER_NAME = "shardtune"
 PARTITION = "debug"
 SLURM_PACKAGES = ("slurm-wlm", "munge")
@@ -361,12 +363,6 @@ def node_resources() -> tuple[int, int]:
     memory = re.search(r"RealMemory=(\d+)", done.stdout)
     return (int(cpus.group(1)) if cpus else os.cpu_count() or 1,
             int(int(memory.group(1)) * 0.9) if memory else 1024)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from trainer.testing import faults as faults_module
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory) -> Path:
-    from trainer.tiny import SMALL_IMAGE, build_tiny_model
+    from trainer.testing.tiny import SMALL_IMAGE, build_tiny_model
 
     return build_tiny_model("llava", tmp_path_factory.mktemp("models") / "tiny-llava", image_size=SMALL_IMAGE)
 
@@ -45,10 +47,19 @@ def training_env() -> dict[str, str]:
             "WANDB_SILENT": "true"}
 
 
+def with_faults(faults: str, overrides: list[str], env: dict | None) -> tuple[list[str], dict]:
+    """`trainer.testing.faults` switched on for a run: e.g. "exit_step=11" (see that module)."""
+    if not faults:
+        return overrides, dict(env or {})
+    return [*overrides, f"train.callbacks=[{faults_module.CALLBACK}]"], {**(env or {}), faults_module.ENVIRONMENT: faults}
+
+
 def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: int = 300,
-                    recipe: Path = ROOT / "configs/demo.yaml", env: dict | None = None) -> subprocess.CompletedProcess:
+                    recipe: Path = ROOT / "configs/demo.yaml", env: dict | None = None,
+                    faults: str = "") -> subprocess.CompletedProcess:
     """Run launch/train.py for real under the deepspeed launcher, torchrun, or plain python."""
-    from trainer.distributed import free_port
+    overrides, env = with_faults(faults, overrides, env)
+    from trainer.distributed.world import free_port
 
     script = [str(ROOT / "launch/train.py"), "--config", str(recipe), *overrides]
     if launcher == "deepspeed":
@@ -59,7 +70,7 @@ def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: in
                    "--master_port", str(free_port()), *script]
     else:
         command = [sys.executable, *script]
-    return run_process_group(command, {**training_env(), **(env or {})}, timeout)
+    return run_process_group(command, {**training_env(), **env}, timeout)
 
 
 def run_process_group(command: list[str], env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:

@@ -19,9 +19,9 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer import ds_config  # noqa: E402
-from trainer.config import load  # noqa: E402
-from trainer.engine import make_optimizer  # noqa: E402
+from trainer.config import deepspeed_json  # noqa: E402
+from trainer.config.schema import load  # noqa: E402
+from trainer.train.optim import make_optimizer  # noqa: E402
 
 STEPS, ACCUM, NAN_STEP = 3, 2, 1
 
@@ -36,7 +36,7 @@ def run(stage: int, precision: str, offload: bool = False) -> dict:
     config = load(ROOT / "configs/demo.yaml", [f"deepspeed.zero_stage={stage}", f"train.precision={precision}",
                                                f"deepspeed.offload={str(offload).lower()}",
                                                "train.micro_batch_size=2", f"train.grad_accum={ACCUM}"])
-    resolved = ds_config.resolve(config, dist.get_world_size(), hidden_size=16)
+    resolved = deepspeed_json.resolve(config, dist.get_world_size(), hidden_size=16)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
     optimizer = make_optimizer([{"params": list(model.parameters())}], config, resolved)

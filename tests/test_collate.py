@@ -2,7 +2,7 @@
 
 What is checked against something other than the collator itself:
 - supervised tokens: decoded per contiguous span and compared with the answers written out in the
-  family's chat format (trainer/tiny.py's docstring), so prompt, system, image and padding tokens
+  family's chat format (trainer/testing/tiny.py's docstring), so prompt, system, image and padding tokens
   can never be supervised unnoticed;
 - image tokens: per row, against the lengths of the features the model's own vision side produces
   (`get_image_features(...).pooler_output`, one entry per image), not against the collator's rule;
@@ -22,11 +22,11 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 from data_shards.sample import ImageData, Sample, Turn
-from trainer.packing import packed_rows
-from trainer.collate import (IGNORE_INDEX, BatchError, Collator, FixedCount, GridCount, build_collator, conversation,
+from trainer.batches.packing import packed_rows
+from trainer.batches.collate import (IGNORE_INDEX, BatchError, Collator, FixedCount, GridCount, build_collator, conversation,
                              token_check_for)
-from trainer.processor import load_processor
-from trainer.tiny import FAMILIES, SMALL_IMAGE, build_tiny_model
+from trainer.models.processor import load_processor
+from trainer.testing.tiny import FAMILIES, SMALL_IMAGE, build_tiny_model
 
 # One supervised answer, decoded: the assistant text and the end-of-turn token that closes it (the
 # published llava-1.5 template writes none: the collator adds </s>; Qwen2-VL's newline after <|im_end|>

@@ -5,9 +5,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from trainer.config import ConfigError, TrainConfig, help_text, load
-from trainer.conftools import to_dict
-from trainer import ds_config
+from trainer.config.schema import ConfigError, TrainConfig, help_text, load
+from trainer.config.fields import to_dict
+from trainer.config import deepspeed_json
 
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 REQUIRED = ["model.path=m", "data.train=d"]
@@ -64,7 +64,7 @@ def test_secrets_are_redacted():
 def test_deepspeed_auto_fields_are_filled():
     config = load(None, [*REQUIRED, "train.micro_batch_size=4", "train.grad_accum=2", "train.precision=bf16",
                          f"deepspeed.config={ROOT}/configs/deepspeed/zero3.json"])
-    resolved = ds_config.resolve(config, world_size=8, hidden_size=64)
+    resolved = deepspeed_json.resolve(config, world_size=8, hidden_size=64)
     assert resolved["train_batch_size"] == 64 and resolved["train_micro_batch_size_per_gpu"] == 4
     assert resolved["gradient_accumulation_steps"] == 2
     assert resolved["bf16"]["enabled"] is True and resolved["fp16"]["enabled"] is False
@@ -75,7 +75,7 @@ def test_deepspeed_auto_fields_are_filled():
 def test_global_batch_mismatch_names_every_factor():
     config = load(None, [*REQUIRED, "train.micro_batch_size=4", "train.grad_accum=2", "train.global_batch_size=48"])
     with pytest.raises(ConfigError, match=r"micro_batch_size 4 × grad_accum 2 × world size 4 = 32; grad_accum=3 would fit"):
-        ds_config.resolve(config, world_size=4, hidden_size=64)
+        deepspeed_json.resolve(config, world_size=4, hidden_size=64)
 
 
 def test_user_json_contradicting_the_config_is_refused(tmp_path):
@@ -83,9 +83,9 @@ def test_user_json_contradicting_the_config_is_refused(tmp_path):
     user.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 1}}))
     config = load(None, [*REQUIRED, "train.micro_batch_size=4", f"deepspeed.config={user}"])
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=8 contradicts"):
-        ds_config.resolve(config, 1, 64)
+        deepspeed_json.resolve(config, 1, 64)
     config = load(None, [*REQUIRED, "train.micro_batch_size=8", f"deepspeed.config={user}", "deepspeed.offload=true"])
-    resolved = ds_config.resolve(config, 1, 64)
+    resolved = deepspeed_json.resolve(config, 1, 64)
     assert resolved["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 

@@ -1,7 +1,7 @@
 """Rank discovery on hand-made environments: torchrun, deepspeed launcher, SLURM, single process."""
 import pytest
 
-from trainer.distributed import expand_nodelist, export_env, port_for_job, world_from_env
+from trainer.distributed.world import expand_nodelist, export_env, port_for_job, world_from_env
 
 
 @pytest.mark.parametrize("nodelist, hosts", [

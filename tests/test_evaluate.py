@@ -15,11 +15,13 @@ import torch
 from conftest import ROOT, launch_training, training_env
 from data_shards.sample import Sample, Turn
 from data_shards.stream import ShardStream, StreamConfig
-from trainer.collate import IGNORE_INDEX
-from trainer.distributed import free_port
-from trainer.predict import Predictor, answer_logprobs
-from trainer.predict import main as predict_main
-from trainer.report_eval import EvalOptions, Outcome, confusion_matrix, evaluate_batch, main, summarise, write_report
+from trainer.batches.collate import IGNORE_INDEX
+from trainer.distributed.world import free_port
+from trainer.evaluate.predictor import Predictor, answer_logprobs
+from trainer.evaluate.predict_cli import main as predict_main
+from trainer.evaluate.report import write_report
+from trainer.evaluate.run import EvalOptions, evaluate_batch, main
+from trainer.evaluate.scores import Outcome, confusion_matrix, summarise
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 

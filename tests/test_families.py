@@ -20,14 +20,15 @@ from test_collate import image, supervised_spans
 from data_shards.sample import Sample, Turn
 from trainer.chat.answers import TemplateError
 from trainer.chat.template import ChatRenderer, template_source, use_chat_template
-from trainer.collate import IGNORE_INDEX, build_collator, messages
-from trainer.evaluation import prompt_inputs
-from trainer.families.published import load
-from trainer.families.rules import packing_problem
-from trainer.mllama_fix import mask_image_free_rows
-from trainer.model import find_parts, lora_targets
-from trainer.processor import load_processor
-from trainer.tiny import KITS, build_tiny_model
+from trainer.batches.collate import IGNORE_INDEX, build_collator, messages
+from trainer.evaluate.generation import prompt_inputs
+from trainer.models.families.published import load
+from trainer.models.families.rules import packing_problem
+from trainer.models.mllama_fix import mask_image_free_rows
+from trainer.models.loading import lora_targets
+from trainer.models.parts import find_parts
+from trainer.models.processor import load_processor
+from trainer.testing.tiny import KITS, build_tiny_model
 
 # A published template that renders the generation prompt otherwise than the start of an assistant turn (the
 # trainer refuses it), or none published (PaliGemma): these families train with the template in configs/templates/.

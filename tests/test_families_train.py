@@ -11,9 +11,10 @@ import pytest
 
 from conftest import ROOT, launch_training
 from test_families import REPLACED_TEMPLATES
-from trainer.export import EXIT_OK, SUMMARY
-from trainer.export import main as export_main
-from trainer.tiny import KITS, SMALL_IMAGE, build_tiny_model
+from trainer.export.cli import EXIT_OK
+from trainer.export.save import MERGE_SUMMARY
+from trainer.export.cli import main as export_main
+from trainer.testing.tiny import KITS, SMALL_IMAGE, build_tiny_model
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 STEPS = 24
@@ -42,5 +43,5 @@ def test_family_trains_on_mixed_data_on_two_ranks(small_models, mixed_shards, tm
     assert summary["accuracy_after"] > summary["accuracy_before"], summary
     if zero == 3:  # the adapter gathered from ZeRO-3 partitions merges into a standalone model that verifies
         assert export_main(["--checkpoint", str(run), "--out", str(tmp_path / "merged")]) == EXIT_OK
-        exported = json.loads((tmp_path / "merged" / SUMMARY).read_text())
+        exported = json.loads((tmp_path / "merged" / MERGE_SUMMARY).read_text())
         assert exported["verify_samples"] > 0

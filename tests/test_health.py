@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from conftest import ROOT, run_process_group, training_env
-from trainer import ds_config
-from trainer.checkpoint import TrainerState
-from trainer.config import load
-from trainer.conftools import ConfigError
-from trainer.distributed import free_port
-from trainer.health import FiniteAdamW, NonFiniteLossError, count_step
+from trainer.config import deepspeed_json
+from trainer.train.state import TrainerState
+from trainer.config.schema import load
+from trainer.config.fields import ConfigError
+from trainer.distributed.world import free_port
+from trainer.train.agreement import NonFiniteLossError, count_step
+from trainer.train.optim import FiniteAdamW
 
 
 @pytest.mark.multiprocess
@@ -59,14 +60,14 @@ def test_a_deepspeed_json_that_turns_the_overflow_checks_off_is_refused(switch, 
     (tmp_path / "ds.json").write_text(json.dumps(custom))
     config = load(ROOT / "configs/demo.yaml", [f"deepspeed.config={tmp_path / 'ds.json'}"])
     with pytest.raises(ConfigError, match=switch.replace(".", r"\.") + "=false"):
-        ds_config.resolve(config, 2, 64)
+        deepspeed_json.resolve(config, 2, 64)
 
 
 @pytest.mark.parametrize("stage,precision,unchecked", [(0, "fp32", True), (0, "bf16", False), (0, "fp16", False),
                                                        (1, "fp32", False), (3, "fp32", False)])
 def test_only_zero_stage_0_in_fp32_hands_our_optimizer_unchecked_gradients(stage, precision, unchecked):
     config = load(ROOT / "configs/demo.yaml", [f"deepspeed.zero_stage={stage}", f"train.precision={precision}"])
-    assert ds_config.passes_gradients_unchecked(ds_config.resolve(config, 2, 64)) is unchecked
+    assert deepspeed_json.passes_gradients_unchecked(deepspeed_json.resolve(config, 2, 64)) is unchecked
 
 
 def test_skips_after_nan_losses_abort_in_a_row_and_fp16_overflows_never_do():

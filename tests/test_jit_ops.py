@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from trainer.jit_ops import STALE_AFTER_S, StaleBuildLockError, check_build_lock
+from trainer.train.jit_ops import STALE_AFTER_S, StaleBuildLockError, check_build_lock
 
 
 @pytest.fixture

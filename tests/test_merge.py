@@ -1,4 +1,4 @@
-"""Export (`launch/merge_lora.py`, `trainer.export`): real tiny training runs merged and compared with the model
+"""Export (`launch/merge_lora.py`, `trainer.export.cli`): real tiny training runs merged and compared with the model
 they came from, plus fast checks on a random adapter (refusals, tampering, half precision, plain loading).
 
 Independent checks, next to the exporter's own verification: the engine's eval loss at the end of training
@@ -18,9 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, launch_training
-from trainer.export import EXIT_MISMATCH, EXIT_OK, EXIT_UNUSABLE, SUMMARY, main, synthetic_samples
-from trainer.weights_reader import SafetensorsWeights
-from trainer.zero_reader import zero_tensors
+from trainer.export.cli import EXIT_MISMATCH, EXIT_OK, EXIT_UNUSABLE, main
+from trainer.export.save import MERGE_SUMMARY
+from trainer.export.verify import synthetic_samples
+from trainer.export.safetensors_reader import SafetensorsWeights
+from trainer.export.zero_reader import zero_tensors
 
 CPU = torch.device("cpu")
 FP32_TOLERANCE = 1e-3
@@ -42,7 +44,7 @@ def merge(checkpoint: Path, out: Path, *extra: str) -> int:
 
 
 def summary_of(out: Path) -> dict:
-    return json.loads((out / SUMMARY).read_text())
+    return json.loads((out / MERGE_SUMMARY).read_text())
 
 
 def load_exported(out: Path):
@@ -58,8 +60,8 @@ def val_samples(shards: Path) -> list:
 
 
 def collate(model_dir: Path, model_config, samples: list) -> dict[str, torch.Tensor]:
-    from trainer.collate import Collator, token_check_for
-    from trainer.processor import load_processor
+    from trainer.batches.collate import Collator, token_check_for
+    from trainer.models.processor import load_processor
 
     return Collator(load_processor(model_dir), 256, *token_check_for(model_config))(samples).inputs
 
@@ -149,8 +151,8 @@ def test_qlora_run_merges_into_the_dequantised_4bit_weights(qlora_run, tiny_llav
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from trainer.config import load
-    from trainer.model import load_base_model
+    from trainer.config.schema import load
+    from trainer.models.loading import load_base_model
 
     out = tmp_path / "merged"
     assert merge(qlora_run, out) == EXIT_OK

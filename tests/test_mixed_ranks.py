@@ -1,6 +1,6 @@
 """Text-only and image samples in any mix across ranks: every rank runs the same modules in every micro-step.
 
-Without the blank image (`trainer.blank_image`) a rank whose micro-batch has no image skips the vision tower
+Without the blank image (`trainer.batches.blank_image`) a rank whose micro-batch has no image skips the vision tower
 and projector while its peer runs them: ZeRO-2's gradient reduction and ZeRO-3's parameter all-gathers then
 disagree ("collective mismatch" on gloo, a hang on NCCL). The reference is one rank with gradient accumulation
 2: it reads the same samples per optimizer step (one global order per epoch) and needs no blank image.

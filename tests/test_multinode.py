@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, training_env
-from trainer.distributed import free_port
+from trainer.distributed.world import free_port
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 

@@ -5,10 +5,10 @@ import pytest
 from huggingface_hub import constants
 
 from conftest import ROOT
-from data_shards.write import INDEX_NAME
-from trainer.cli import main, parser
-from trainer.config import ConfigError, load
-from trainer.preflight import preflight
+from data_shards.index import INDEX_NAME
+from trainer.train.cli import main, parser
+from trainer.config.schema import ConfigError, load
+from trainer.train.preflight import preflight
 
 ZERO2 = ROOT / "configs/deepspeed/zero2.json"
 

@@ -29,12 +29,14 @@ bnb = pytest.importorskip("bitsandbytes")
 from bitsandbytes.functional import dequantize_4bit  # noqa: E402
 
 from data_shards.sample import ImageData, Sample, Turn  # noqa: E402
-from trainer.collate import Collator, token_check_for  # noqa: E402
-from trainer.config import ConfigError, load  # noqa: E402
-from trainer.evaluation import EvalCollator, evaluate  # noqa: E402
-from trainer.model import find_parts, parameter_groups, prepare_model  # noqa: E402
-from trainer.processor import load_processor  # noqa: E402
-from trainer.tiny import SMALL_IMAGE, build_tiny_model  # noqa: E402
+from trainer.batches.collate import Collator, token_check_for  # noqa: E402
+from trainer.config.schema import ConfigError, load  # noqa: E402
+from trainer.evaluate.generation import EvalCollator, evaluate  # noqa: E402
+from trainer.models.loading import prepare_model  # noqa: E402
+from trainer.models.parts import find_parts  # noqa: E402
+from trainer.train.optim import parameter_groups  # noqa: E402
+from trainer.models.processor import load_processor  # noqa: E402
+from trainer.testing.tiny import SMALL_IMAGE, build_tiny_model  # noqa: E402
 
 QLORA_FAMILIES = ("llava", "qwen2_vl")
 CPU = torch.device("cpu")

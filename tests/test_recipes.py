@@ -8,7 +8,7 @@ from conftest import ROOT, launch_training
 from data_shards.build import BuildConfig, build
 from data_shards.split import SplitSpec
 from data_shards.synthetic import make_dataset
-from trainer.tiny import SMALL_IMAGE, build_tiny_model
+from trainer.testing.tiny import SMALL_IMAGE, build_tiny_model
 
 pytestmark = [pytest.mark.slow]
 

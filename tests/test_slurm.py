@@ -15,8 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from slurm import submit
+from slurm import request
+from slurm.cli import main, parser
+from slurm.executor import submit
+from slurm.job import TrainingRun
 from slurm.localcluster import ClusterError, LocalCluster
+from slurm.plan import Plan, RunSpec, batch_script, build_plan, expand_runs
+from slurm.request import RequestError, parse_time
+from trainer.testing import faults
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_SLURM = {"SLURM_CONF": "/nonexistent/slurm.conf"}  # sinfo cannot answer: no partition checks
@@ -29,7 +35,7 @@ def run_cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def no_cluster(monkeypatch):
-    monkeypatch.setattr(submit, "partition_limits", lambda partition: None)
+    monkeypatch.setattr(request, "partition_limits", lambda partition: None)
 
 
 # ---- the plan, without SLURM ---------------------------------------------------------------------
@@ -71,40 +77,39 @@ def test_dry_run_gpu_layout_is_one_task_per_gpu():
 ])
 def test_impossible_requests_are_refused_naming_the_option(no_cluster, capsys, argv, option):
     layout = [] if "--gpus-per-node" in argv else ["--gpus-per-node", "0"]
-    assert submit.main(["--config", "configs/demo.yaml", "--dry-run", *layout, *argv]) == 2
+    assert main(["--config", "configs/demo.yaml", "--dry-run", *layout, *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot submit") and option in err
 
 
 def test_every_problem_is_reported_at_once(no_cluster, capsys):
-    assert submit.main(["--config", "configs/demo.yaml", "--nodes", "0", "--time", "soon", "--dry-run"]) == 2
+    assert main(["--config", "configs/demo.yaml", "--nodes", "0", "--time", "soon", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "--nodes: must be >= 1, got 0" in err and "--time: 'soon' is not a SLURM time" in err
 
 
 def test_requests_beyond_the_partition_are_refused(monkeypatch, capsys):
-    monkeypatch.setattr(submit, "partition_limits", lambda partition: {
+    monkeypatch.setattr(request, "partition_limits", lambda partition: {
         "names": ["gpu"], "found": partition in (None, "gpu"), "name": "gpu", "nodes": 2, "cpus": 32, "gpus": 4})
-    assert submit.main(["--config", "configs/demo.yaml", "--nodes", "3", "--gpus-per-node", "8", "--dry-run"]) == 2
+    assert main(["--config", "configs/demo.yaml", "--nodes", "3", "--gpus-per-node", "8", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "--nodes: 3 requested but partition gpu has 2 node(s)" in err
     assert "--gpus-per-node: 8 requested but partition gpu nodes have at most 4 GPU(s)" in err
-    assert submit.main(["--config", "configs/demo.yaml", "--partition", "cpu", "--dry-run"]) == 2
+    assert main(["--config", "configs/demo.yaml", "--partition", "cpu", "--dry-run"]) == 2
     assert "--partition: no partition 'cpu' (sinfo lists: gpu)" in capsys.readouterr().err
-    assert submit.main(["--config", "configs/demo.yaml", "--gpus-per-node", "4", "--cpus-per-task", "10",
-                        "--dry-run"]) == 2
+    assert main(["--config", "configs/demo.yaml", "--gpus-per-node", "4", "--cpus-per-task", "10", "--dry-run"]) == 2
     assert "4 × 10 = 40 CPUs per node requested but partition gpu nodes have 32" in capsys.readouterr().err
-    assert submit.main(["--config", "configs/demo.yaml", "--nodes", "2", "--gpus-per-node", "4", "--dry-run"]) == 0
+    assert main(["--config", "configs/demo.yaml", "--nodes", "2", "--gpus-per-node", "4", "--dry-run"]) == 0
 
 
 @pytest.mark.parametrize("text, minutes", [("90", 90), ("10:30", 11), ("24:00:00", 1440), ("2-0", 2880),
                                            ("1-12:00", 2160), ("0-00:00:59", 1)])
 def test_slurm_time_formats(text, minutes):
-    assert submit.parse_time(text) == minutes
+    assert parse_time(text) == minutes
 
 
 def test_grid_expands_to_one_run_per_combination():
-    runs, group = submit.expand_runs("runs/sweep", "data/train", grid=[
+    runs, group = expand_runs("runs/sweep", "data/train", grid=[
         "optimizer.lr=1e-4,2e-4", "lora.r=8,16", "train.max_steps=50", "optimizer.betas=[0.9,0.95],[0.9,0.99]"])
     assert len(runs) == 8 and group == "sweep-grid"
     first = runs[0]
@@ -112,55 +117,55 @@ def test_grid_expands_to_one_run_per_combination():
     assert first.overrides == ("optimizer.lr=1e-4", "lora.r=8", "train.max_steps=50", "optimizer.betas=[0.9,0.95]",
                                f"train.output_dir=runs/sweep/{first.name}", "tracking.group=sweep-grid")
     assert len({run.output_dir for run in runs}) == 8
-    clashing, _ = submit.expand_runs("out", "", grid=["optimizer.lr=1,2", "optimizer.projector_lr=3",
-                                                      "optimizer.vision_lr=4,5"], group="mine")
+    clashing, _ = expand_runs("out", "", grid=["optimizer.lr=1,2", "optimizer.projector_lr=3",
+                                               "optimizer.vision_lr=4,5"], group="mine")
     assert [run.name for run in clashing][:2] == ["lr=1_vision_lr=4", "lr=1_vision_lr=5"]
     assert clashing[0].overrides[-1] == "tracking.group=mine"  # a group set in the config wins
-    same, _ = submit.expand_runs("out", "", grid=["a.lr=1,2", "b.lr=3,4"])
+    same, _ = expand_runs("out", "", grid=["a.lr=1,2", "b.lr=3,4"])
     assert same[0].name == "a.lr=1_b.lr=3"  # last components clash: full keys
 
 
 def test_folds_expand_to_fold_dirs_with_their_data():
-    runs, group = submit.expand_runs("runs/cv/", "runs/shards/train", folds=3)
+    runs, group = expand_runs("runs/cv/", "runs/shards/train", folds=3)
     assert group == "cv-kfold3" and [run.name for run in runs] == ["fold0", "fold1", "fold2"]
     assert runs[2].overrides == ("data.train=runs/shards/fold2/train", "data.val=runs/shards/fold2/val",
                                  "train.output_dir=runs/cv/fold2", "tracking.group=cv-kfold3")
-    single, none = submit.expand_runs("runs/one", "x/train")
-    assert single == [submit.RunSpec("", "runs/one", ())] and none == ""
+    single, none = expand_runs("runs/one", "x/train")
+    assert single == [RunSpec("", "runs/one", ())] and none == ""
 
 
 def test_fold_submission_plan_is_one_array(tmp_path, no_cluster):
     for k in range(2):
         for split in ("train", "val"):
             (tmp_path / "folds" / f"fold{k}" / split).mkdir(parents=True)
-    args = submit.parser().parse_args(["--config", "configs/demo.yaml", "--gpus-per-node", "0", "--array-folds", "2",
-                                       "--fold-root", str(tmp_path / "folds"), f"train.output_dir={tmp_path}/cv"])
-    plan = submit.build_plan(args)
+    args = parser().parse_args(["--config", "configs/demo.yaml", "--gpus-per-node", "0", "--array-folds", "2",
+                                "--fold-root", str(tmp_path / "folds"), f"train.output_dir={tmp_path}/cv"])
+    plan = build_plan(args)
     assert [run.output_dir for run in plan.runs] == [f"{tmp_path}/cv/fold0", f"{tmp_path}/cv/fold1"]
     assert [r["data"]["val"] for r in plan.resolved] == [f"{tmp_path}/folds/fold{k}/val" for k in range(2)]
     assert {r["tracking"]["group"] for r in plan.resolved} == {"cv-kfold2"}
-    script = submit.batch_script(plan)
+    script = batch_script(plan)
     assert "#SBATCH --array=0-1%2" in script and "%A_%a_0_log.out" in script
     args.fold_root = str(tmp_path / "elsewhere")
-    with pytest.raises(submit.RequestError, match="--array-folds/--fold-root: .*elsewhere/fold0/train is missing"):
-        submit.build_plan(args)
+    with pytest.raises(RequestError, match="--array-folds/--fold-root: .*elsewhere/fold0/train is missing"):
+        build_plan(args)
 
 
 def test_checkpoint_requeues_itself_until_max_requeues(monkeypatch):
     import cloudpickle
 
-    run = submit.TrainingRun("configs/demo.yaml", ["optimizer.lr=1e-4"], "runs/x", max_requeues=2)
+    run = TrainingRun("configs/demo.yaml", ["optimizer.lr=1e-4"], "runs/x", max_requeues=2)
     assert run.argv() == ["--config", "configs/demo.yaml", "optimizer.lr=1e-4", "--resume", "auto"]
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     delayed = run.checkpoint()
     assert delayed.function is run and not delayed.args
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     assert run.checkpoint() is None
-    assert b"slurm.submit" in cloudpickle.dumps(run)  # pickled by reference: the job imports slurm.submit
+    assert b"slurm.job" in cloudpickle.dumps(run)  # pickled by reference: the job imports slurm.job
 
 
 def test_sbatch_template_runs_one_task_per_gpu_and_requeues():
-    from trainer.preemption import PREEMPTED_EXIT_CODE
+    from trainer.distributed.signals import PREEMPTED_EXIT_CODE
 
     text = (ROOT / "slurm/train.sbatch").read_text()
     assert subprocess.run(["bash", "-n", str(ROOT / "slurm/train.sbatch")]).returncode == 0
@@ -169,7 +174,7 @@ def test_sbatch_template_runs_one_task_per_gpu_and_requeues():
     assert sbatch["ntasks-per-node"] == sbatch["gpus-per-node"]
     assert sbatch["signal"].startswith("USR2@") and "requeue" in sbatch and sbatch["open-mode"] == "append"
     assert 'srun --wait=120 "$PYTHON" launch/train.py --config "$CONFIG" "$@" --resume auto' in text
-    assert f"PREEMPTED={PREEMPTED_EXIT_CODE}" in text and submit.PREEMPTED_EXIT_CODE == PREEMPTED_EXIT_CODE
+    assert f"PREEMPTED={PREEMPTED_EXIT_CODE}" in text
     assert 'scontrol requeue "${SLURM_JOB_ID}"' in text
 
 
@@ -227,9 +232,8 @@ def training(tiny_llava: Path, shards: Path, run_dir: Path, *extra: str) -> list
             "eval.max_batches=2", "train.log_every=5", *extra]
 
 
-def plan_for(*argv: str) -> submit.Plan:
-    return submit.build_plan(submit.parser().parse_args(["--config", str(ROOT / "configs/demo.yaml"), "--time", "10",
-                                                         *argv]))
+def plan_for(*argv: str) -> Plan:
+    return build_plan(parser().parse_args(["--config", str(ROOT / "configs/demo.yaml"), "--time", "10", *argv]))
 
 
 @pytest.mark.slow
@@ -238,7 +242,7 @@ def test_submitit_trains_two_tasks_on_slurm(slurm_env, tiny_llava, color_shards,
     run_dir = tmp_path / "run"
     plan = plan_for("--gpus-per-node", "0", "--tasks-per-node", "2",
                     *training(tiny_llava, color_shards, run_dir, "train.max_steps=20"))
-    job, = submit.submit(plan)
+    job, = submit(plan)
     wait_done([job], 240)
     rank0, rank1 = job.results()
     assert rank0["summary"]["steps"] == 20 and rank0["summary"]["world_size"] == 2 and rank0["restarts"] == 0
@@ -294,7 +298,7 @@ def test_preempted_job_is_requeued_and_resumes(slurm_env, tiny_llava, color_shar
     run_dir = tmp_path / "run"
     plan = plan_for("--gpus-per-node", "0", "--tasks-per-node", "2", *training(
         tiny_llava, color_shards, run_dir, "train.max_steps=150", "checkpoint.every_steps=25"))
-    job, = submit.submit(plan)
+    job, = submit(plan)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 180
     while not (metrics.exists() and any(json.loads(line).get("step", 0) >= 30 for line in metrics.read_text().splitlines())):
@@ -312,10 +316,11 @@ def test_preempted_job_is_requeued_and_resumes(slurm_env, tiny_llava, color_shar
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_no_requeue_past_max_requeues(slurm_env, tiny_llava, color_shards, tmp_path):
+def test_no_requeue_past_max_requeues(slurm_env, tiny_llava, color_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv(faults.ENVIRONMENT, "signal_step=3")  # sbatch passes the submitter's environment on
     plan = plan_for("--gpus-per-node", "0", "--tasks-per-node", "2", "--max-requeues", "0", *training(
-        tiny_llava, color_shards, tmp_path / "run", "train.max_steps=8", "train.fault_signal_step=3"))
-    job, = submit.submit(plan)
+        tiny_llava, color_shards, tmp_path / "run", "train.max_steps=8", f"train.callbacks=[{faults.CALLBACK}]"))
+    job, = submit(plan)
     wait_done([job], 180)
     with pytest.raises(Exception, match="Job not requeued because"):
         job.results()
@@ -332,8 +337,8 @@ def test_sbatch_template_requeues_and_resumes(slurm_env, tiny_llava, color_shard
     command = ["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1",
                "--partition=debug", "--time=10", f"--output={log}", str(ROOT / "slurm/train.sbatch"),
                str(ROOT / "configs/demo.yaml"),
-               *training(tiny_llava, color_shards, tmp_path / "run", "train.max_steps=12", "train.fault_signal_step=5")]
-    env = {**os.environ, "PYTHON": sys.executable, "DS_ACCELERATOR": "cpu"}
+               *training(tiny_llava, color_shards, tmp_path / "run", "train.max_steps=12", f"train.callbacks=[{faults.CALLBACK}]")]
+    env = {**os.environ, "PYTHON": sys.executable, "DS_ACCELERATOR": "cpu", faults.ENVIRONMENT: "signal_step=5"}
     job_id = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
     summary = tmp_path / "run" / "train_summary.json"
     deadline = time.monotonic() + 240

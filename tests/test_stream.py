@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_shards.index import INDEX_NAME, load_index
 from data_shards.sample import ImageData, Sample, Turn
 from data_shards.stream import ShardLoader, ShardStream, Skipped, StreamConfig
 from data_shards.tario import CorruptShardError
-from data_shards.write import INDEX_NAME, load_index, shard_name, write_index, write_shard
+from data_shards.write import shard_name, write_index, write_shard
 
 EVEN_SIZES = (7, 3, 11, 1, 6)  # 28 samples: divisible by 1, 2, 4, 7 (not 3)
 ODD_SIZES = (7, 3, 11, 1, 5)  # 27 samples: divisible by 1, 3 (not 2)

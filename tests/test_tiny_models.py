@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, BitsAndBytesConfig
 from transformers.utils import is_torchvision_available
 
-from trainer.processor import load_processor
-from trainer.families.published import load
-from trainer.tiny import ANSWER_WORDS, FAMILIES, KITS, SMALL_IMAGE, build_tiny_model
+from trainer.models.processor import load_processor
+from trainer.models.families.published import load
+from trainer.testing.tiny import ANSWER_WORDS, FAMILIES, KITS, SMALL_IMAGE, build_tiny_model
 
 IMAGE_TOKENS_PER_32PX_IMAGE = {"llava": 16, "llava_next": 36, "qwen2_vl": 4}
 PROJECTOR = {"llava": "multi_modal_projector", "llava_next": "multi_modal_projector", "qwen2_vl": "visual.merger"}

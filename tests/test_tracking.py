@@ -1,8 +1,9 @@
 """metrics.jsonl: a fresh run starts it over, a resumed run continues it; rank 0 only."""
 import json
 
-from trainer.config import TrackingSection
-from trainer.tracking import NullTracker, make_tracker
+from trainer.config.schema import TrackingSection
+from trainer.run_folder import RunFolder
+from trainer.train.tracking import NullTracker, make_tracker
 
 
 def lines(path) -> list[dict]:
@@ -10,7 +11,7 @@ def lines(path) -> list[dict]:
 
 
 def log_steps(run_dir, steps: range, fresh: bool) -> None:
-    tracker = make_tracker(True, run_dir, TrackingSection(wandb="disabled"), {}, total_steps=10, fresh=fresh)
+    tracker = make_tracker(True, RunFolder(run_dir), TrackingSection(wandb="disabled"), {}, total_steps=10, fresh=fresh)
     for step in steps:
         tracker.log({"train/loss": 1.0 / step}, step)
     tracker.close()
@@ -25,7 +26,7 @@ def test_a_resumed_run_appends_and_a_fresh_run_starts_over(tmp_path):
 
 
 def test_other_ranks_write_nothing(tmp_path):
-    tracker = make_tracker(False, tmp_path, TrackingSection(wandb="disabled"), {}, total_steps=10)
+    tracker = make_tracker(False, RunFolder(tmp_path), TrackingSection(wandb="disabled"), {}, total_steps=10)
     tracker.log({"train/loss": 1.0}, 1)
     tracker.close()
     assert isinstance(tracker, NullTracker) and not list(tmp_path.iterdir())

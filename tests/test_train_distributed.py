@@ -50,7 +50,8 @@ def test_resume_after_kill_gives_the_same_losses(tiny_llava, color_shards, tmp_p
     whole = tmp_path / "whole"
     check(launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, whole, *common)))
     broken = tmp_path / "broken"
-    killed = launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, broken, *common, "train.fault_exit_step=11"))
+    killed = launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, broken, *common),
+                             faults="exit_step=11")
     assert killed.returncode != 0
     assert (broken / "checkpoints" / "latest").read_text().strip() == "step00000008"
     assert shm_allreduce_segments() == segments_before  # DeepSpeed's 69 MB per-rank buffers freed, even when killed
@@ -60,7 +61,8 @@ def test_resume_after_kill_gives_the_same_losses(tiny_llava, color_shards, tmp_p
     assert [resumed[s] for s in range(9, 17)] == [expected[s] for s in range(9, 17)]
 
     preempted = tmp_path / "preempted"  # a warning signal reaching rank 0 only: both ranks stop after step 5
-    stopped = launch_training("torchrun", 2, overrides(tiny_llava, color_shards, preempted, *common, "train.fault_signal_step=5"))
+    stopped = launch_training("torchrun", 2, overrides(tiny_llava, color_shards, preempted, *common),
+                               faults="signal_step=5")
     assert stopped.returncode != 0 and "stopped by SIGUSR2 after step 5" in stopped.stderr
     assert (preempted / "checkpoints" / "latest").read_text().strip() == "step00000005"
     check(launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, preempted, *common)))
@@ -70,14 +72,14 @@ def test_resume_after_kill_gives_the_same_losses(tiny_llava, color_shards, tmp_p
 
 def test_nan_loss_is_skipped_then_aborts_keeping_the_last_checkpoint(tiny_llava, color_shards, tmp_path):
     skipped = tmp_path / "skip"
-    check(launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, skipped, "train.max_steps=6",
-                                                    "train.fault_nan_micro_steps=[3]")))
+    check(launch_training("deepspeed", 2, overrides(tiny_llava, color_shards, skipped, "train.max_steps=6"),
+                          faults="nan_micro_steps=3"))
     summary = json.loads((skipped / "train_summary.json").read_text())
     assert summary["skipped_steps"] == 1 and summary["steps"] == 6
     aborted = tmp_path / "abort"
     result = launch_training("deepspeed", 2, overrides(
         tiny_llava, color_shards, aborted, "train.max_steps=10", "checkpoint.every_steps=2",
-        "train.max_bad_steps=3", "train.fault_nan_micro_steps=[5,6,7]"))
+        "train.max_bad_steps=3"), faults="nan_micro_steps=5,6,7")
     assert result.returncode != 0
     assert "3 non-finite losses in a row" in result.stderr and "step00000004" in result.stderr
     assert (aborted / "checkpoints" / "latest").read_text().strip() == "step00000004"

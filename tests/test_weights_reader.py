@@ -8,8 +8,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText
 
-from trainer.export import empty_model
-from trainer.weights_reader import SafetensorsWeights
+from trainer.export.merge import empty_model
+from trainer.export.safetensors_reader import SafetensorsWeights
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""shardtune trainer: DeepSpeed fine-tuning of vision-language models from WebDataset shards."""

@@ -1,0 +1,1 @@
+"""The run configuration: typed schema with defaults, YAML and command-line overrides, the DeepSpeed JSON."""

@@ -1,0 +1,1 @@
+"""Evaluation and prediction: generation, multiple-choice scoring, scores and reports, the evaluation command."""

@@ -1,0 +1,1 @@
+"""Export: what a run folder holds, merging LoRA into the base, bounded checkpoint readers, saving, verification."""

@@ -1,0 +1,1 @@
+"""Models: loading a base checkpoint, its parts and what is trained, processors, per-family rules."""

@@ -1,0 +1,1 @@
+"""Training: the Trainer loop and its components (loaders, optimizer, step agreement, checkpoints, metrics)."""
