@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny LLaVA and small colour-task shards, built once per test session."""
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,9 @@ import pytest
 from trainer.testing import faults as faults_module
 
 ROOT = Path(__file__).resolve().parents[1]
+# families whose published template cannot be split into prompt and answer (or that publish none), and ours
+REPLACED_TEMPLATES = {"llava_onevision": ROOT / "configs/templates/llava-onevision.jinja",
+                      "paligemma": ROOT / "configs/templates/paligemma.jinja"}
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +48,12 @@ def torch_extensions(tmp_path_factory) -> dict[str, str]:
     return {"TORCH_EXTENSIONS_DIR": str(tmp_path_factory.mktemp("torch_extensions"))}
 
 
+TRAINING_VARIABLES = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
+                      "WANDB_SILENT": "true"}
+
+
 def training_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
-            "WANDB_SILENT": "true"}
+    return {**os.environ, **TRAINING_VARIABLES}
 
 
 def with_faults(faults: str, overrides: list[str], env: dict | None) -> tuple[list[str], dict]:
@@ -57,10 +66,12 @@ def with_faults(faults: str, overrides: list[str], env: dict | None) -> tuple[li
 def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: int = 300,
                     recipe: Path = ROOT / "configs/demo.yaml", env: dict | None = None,
                     faults: str = "") -> subprocess.CompletedProcess:
-    """Run launch/train.py for real under the deepspeed launcher, torchrun, or plain python."""
+    """Run launch/train.py for real under the deepspeed launcher, torchrun, plain python, or (one rank) in-process."""
     overrides, env = with_faults(faults, overrides, env)
     from trainer.distributed.world import free_port
 
+    if launcher == "in-process":
+        return train_in_process(["--config", str(recipe), *overrides], env)
     script = [str(ROOT / "launch/train.py"), "--config", str(recipe), *overrides]
     if launcher == "deepspeed":
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
@@ -71,6 +82,36 @@ def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: in
     else:
         command = [sys.executable, *script]
     return run_process_group(command, {**training_env(), **env}, timeout)
+
+
+@contextmanager
+def environment(variables: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def train_in_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """launch/train.py's `main` in this process, as one rank: no interpreter start-up, imports paid once. The
+    entry point undoes its process group, signal handlers and launcher variables itself; logging is put back here."""
+    from trainer.train.cli import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with environment({**TRAINING_VARIABLES, **env}), redirect_stdout(stdout), redirect_stderr(stderr):
+            code = main(argv)
+    finally:
+        root.handlers[:], root.level = handlers, level
+    return subprocess.CompletedProcess(["launch/train.py", *argv], code, stdout.getvalue(), stderr.getvalue())
 
 
 def run_process_group(command: list[str], env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ so a single-rank run inside another process (a test, a notebook) leaves nothing 
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Iterator
@@ -36,6 +37,31 @@ def start(world: WorldInfo, timeout_minutes: int) -> torch.device:
     return device
 
 
+# deepspeed.utils.groups keeps these process groups in module globals, and has no teardown
+DEEPSPEED_GROUPS = ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP", "_MODEL_PARALLEL_GROUP",
+                    "_TENSOR_MODEL_PARALLEL_GROUP", "mesh_device")
+DEEPSPEED_GROUP_TABLES = ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
+                          "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP")
+
+
+def forget_deepspeed_groups() -> None:
+    """Once the world group is destroyed, DeepSpeed's cached groups name dead ones: a second run in the same
+    process failed in `dist.get_global_rank` ("group is not registered"). Put them back as at import."""
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is None:
+        return
+    for name in DEEPSPEED_GROUPS:
+        setattr(groups, name, None)
+    for name in DEEPSPEED_GROUP_TABLES:
+        getattr(groups, name).clear()
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    forget_deepspeed_groups()
+
+
 @contextmanager
 def process_group(world: WorldInfo, required: bool = True, timeout_minutes: int = 30) -> Iterator[torch.device]:
     """This rank's device, inside a started process group (only with several ranks unless `required`)."""
@@ -43,8 +69,7 @@ def process_group(world: WorldInfo, required: bool = True, timeout_minutes: int 
     try:
         yield start(world, timeout_minutes) if required or world.world_size > 1 else device_for(world)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        stop()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -36,7 +36,7 @@ def test_recipe_runs(recipe, tmp_path):
     build(BuildConfig(input=dataset.input, out=tmp_path / "shards", format=fmt, image_root=dataset.image_root,
                       split=SplitSpec.parse("train=0.75,val=0.25"), workers=0, progress=False))
     run = tmp_path / "run"
-    result = launch_training("python", 1, [
+    result = launch_training("in-process", 1, [
         f"model.path={model}", f"data.train={tmp_path / 'shards/train'}", f"data.val={tmp_path / 'shards/val'}",
         f"train.output_dir={run}", *CPU_SIZED,
     ], recipe=ROOT / "configs" / recipe)

@@ -11,7 +11,7 @@ from PIL import Image
 from data_shards.build import BuildConfig, build
 from data_shards.stream import ShardStream, StreamConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RED, BLUE = (200, 30, 30), (30, 30, 200)
 
 

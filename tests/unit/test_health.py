@@ -21,7 +21,7 @@ from trainer.train.optim import FiniteAdamW
 @pytest.mark.timeout(900)
 def test_every_engine_skips_the_step_of_a_nan_loss_on_one_rank_on_every_rank(tmp_path, torch_extensions):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(ROOT / "tests/nonfinite_worker.py"), str(tmp_path)]
+               str(free_port()), str(ROOT / "tests/unit/nonfinite_worker.py"), str(tmp_path)]
     result = run_process_group(command, {**training_env(), **torch_extensions}, timeout=800)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads(line) for rank in (0, 1) for line in (tmp_path / f"rank{rank}.jsonl").read_text().splitlines()]

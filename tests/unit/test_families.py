@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from conftest import ROOT
+from conftest import REPLACED_TEMPLATES
 from test_collate import image, supervised_spans
 from data_shards.sample import Sample, Turn
 from trainer.chat.answers import TemplateError
@@ -32,8 +32,6 @@ from trainer.testing.tiny import KITS, build_tiny_model
 
 # A published template that renders the generation prompt otherwise than the start of an assistant turn (the
 # trainer refuses it), or none published (PaliGemma): these families train with the template in configs/templates/.
-REPLACED_TEMPLATES = {"llava_onevision": ROOT / "configs/templates/llava-onevision.jinja",
-                      "paligemma": ROOT / "configs/templates/paligemma.jinja"}
 UNSPLITTABLE_TEMPLATES = sorted(f for f in REPLACED_TEMPLATES if load(KITS[f][0]).chat_template is not None)
 
 

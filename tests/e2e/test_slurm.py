@@ -24,7 +24,7 @@ from slurm.plan import Plan, RunSpec, batch_script, build_plan, expand_runs
 from slurm.request import RequestError, parse_time
 from trainer.testing import faults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NO_SLURM = {"SLURM_CONF": "/nonexistent/slurm.conf"}  # sinfo cannot answer: no partition checks
 
 

@@ -130,7 +130,7 @@ def test_missing_paths_fail_in_one_line(tmp_path, color_shards, capsys):
 @pytest.fixture(scope="module")
 def trained_run(tiny_llava, color_shards, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("evaluate") / "run"
-    result = launch_training("python", 1, [
+    result = launch_training("in-process", 1, [
         f"model.path={tiny_llava}", f"data.train={color_shards / 'train'}", f"data.val={color_shards / 'val'}",
         f"train.output_dir={run}", "train.micro_batch_size=8", "train.max_steps=100", "data.num_workers=1",
         "eval.at_start=false", "train.log_every=10"])
@@ -233,7 +233,7 @@ def test_untrained_model_chooses_only_in_set_answers(tiny_llava, tmp_path):
 @pytest.mark.slow
 def test_qlora_checkpoint_is_evaluated_on_its_4bit_base(tiny_llava, color_shards, tmp_path):
     run = tmp_path / "qlora"
-    result = launch_training("python", 1, [
+    result = launch_training("in-process", 1, [
         f"model.path={tiny_llava}", f"data.train={color_shards / 'train'}", f"data.val={color_shards / 'val'}",
         f"train.output_dir={run}", "train.micro_batch_size=8", "train.max_steps=60", "data.num_workers=0",
         "quant.load_in_4bit=true", "eval.max_new_tokens=3"])

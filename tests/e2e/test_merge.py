@@ -139,7 +139,7 @@ def test_lora_run_merges_into_a_model_equal_to_base_plus_adapter(run_fixture, re
 @pytest.fixture(scope="module")
 def qlora_run(tiny_llava, color_shards, tmp_path_factory) -> Path:
     pytest.importorskip("bitsandbytes")
-    return train(tiny_llava, color_shards, tmp_path_factory.mktemp("qlora") / "run", "python", 1,
+    return train(tiny_llava, color_shards, tmp_path_factory.mktemp("qlora") / "run", "in-process", 1,
                  "quant.load_in_4bit=true")
 
 

@@ -16,7 +16,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from trainer.config import deepspeed_json  # noqa: E402

@@ -2,15 +2,14 @@
 ZeRO-2 and ZeRO-3 (LoRA, projector in full): the run ends, and held-out exact match rises.
 
 The tiny models use the kit's small vision input here (`SMALL_IMAGE`), the published templates, tokens and
-processor rules otherwise; tests/test_families.py checks each family at its published settings in-process.
+processor rules otherwise; tests/unit/test_families.py checks each family at its published settings in-process.
 """
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, launch_training
-from test_families import REPLACED_TEMPLATES
+from conftest import REPLACED_TEMPLATES, ROOT, launch_training
 from trainer.export.cli import EXIT_OK
 from trainer.export.save import MERGE_SUMMARY
 from trainer.export.cli import main as export_main

@@ -39,13 +39,13 @@ def mismatched_steps(shards: Path, ranks: int = 2) -> list[int]:
 def reference(tiny_llava, mixed_shards, tmp_path_factory) -> dict[int, float]:
     """One rank, ZeRO-2, accumulation 2: no collective and no blank image; the losses to reproduce."""
     run = tmp_path_factory.mktemp("mixed") / "reference"
-    result = launch_training("python", 1, overrides(tiny_llava, mixed_shards, run, 2, "train.grad_accum=2"))
+    result = launch_training("in-process", 1, overrides(tiny_llava, mixed_shards, run, 2, "train.grad_accum=2"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return train_losses(run)
 
 
 @pytest.mark.parametrize("launcher, ranks, zero", [("deepspeed", 2, 0), ("deepspeed", 2, 1), ("deepspeed", 2, 2),
-                                                   ("deepspeed", 2, 3), ("python", 1, 3)])
+                                                   ("deepspeed", 2, 3), ("in-process", 1, 3)])
 def test_text_only_and_image_micro_batches_train_as_the_reference(tiny_llava, mixed_shards, reference, tmp_path,
                                                                    launcher, ranks, zero):
     """Two ranks, each micro-batch one sample, text-only beside image; and ZeRO-3 on one rank with accumulation,
@@ -68,7 +68,7 @@ FULL = ["lora.enabled=false", "optimizer.lr=3e-4", "optimizer.projector_lr=3e-4"
 def test_full_fine_tuning_under_zero3_trains_as_the_reference(tiny_llava, mixed_shards, tmp_path):
     """Every weight trained (vision tower frozen): ZeRO-3 on 2 ranks against one rank, ZeRO-2, accumulation 2."""
     runs = {}
-    for name, launcher, ranks, zero, extra in (("reference", "python", 1, 2, ["train.grad_accum=2"]),
+    for name, launcher, ranks, zero, extra in (("reference", "in-process", 1, 2, ["train.grad_accum=2"]),
                                                ("zero3", "deepspeed", 2, 3, [])):
         runs[name] = tmp_path / name
         result = launch_training(launcher, ranks, overrides(tiny_llava, mixed_shards, runs[name], zero, *FULL, *extra))

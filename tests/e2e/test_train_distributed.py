@@ -99,7 +99,7 @@ def test_single_process_run_evaluates_and_learns(tiny_llava, color_shards, tmp_p
 
 def test_checkpoints_keep_the_last_and_the_best(tiny_llava, color_shards, tmp_path):
     run = tmp_path / "keep"
-    check(launch_training("python", 1, overrides(
+    check(launch_training("in-process", 1, overrides(
         tiny_llava, color_shards, run, "train.max_steps=8", "checkpoint.every_steps=2", "eval.every_steps=2",
         "eval.max_batches=1", "checkpoint.keep_last=1", "checkpoint.best_metric=eval/loss",
         "checkpoint.best_mode=max", val=True)))  # "best" = highest loss: the first, so it differs from the last
@@ -125,7 +125,7 @@ def test_bf16_with_gradient_accumulation(tiny_llava, color_shards, tmp_path):
 def test_zero3_cpu_offload(tiny_llava, color_shards, tmp_path, torch_extensions):
     """ZeRO-3 with optimizer and parameters on the CPU (DeepSpeedCPUAdam, JIT-compiled)."""
     run = tmp_path / "offload"
-    check(launch_training("python", 1, overrides(tiny_llava, color_shards, run, "train.max_steps=4",
+    check(launch_training("in-process", 1, overrides(tiny_llava, color_shards, run, "train.max_steps=4",
                                                  f"deepspeed.config={ROOT}/configs/deepspeed/zero3-offload.json"),
                           timeout=1100, env=torch_extensions))
     summary = json.loads((run / "train_summary.json").read_text())
