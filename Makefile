@@ -10,7 +10,7 @@ export DS_ACCELERATOR := cpu
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo data-demo test test-fast bench slurm-up slurm-down clean
+.PHONY: setup demo data-demo lint format test test-fast bench slurm-up slurm-down clean
 
 setup: $(STAMP)
 
@@ -31,10 +31,18 @@ data-demo: setup
 	$(PY) -m data_shards build --input runs/data-demo/raw/data.json --out runs/data-demo/shards --split train=0.9,val=0.1 --seed 0 --shard-samples 100
 	$(PY) -m data_shards inspect runs/data-demo/shards --contact-sheet runs/data-demo/contact_sheet.png
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest -q -m "not multiprocess and not slow"
 
 bench: setup

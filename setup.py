@@ -26,7 +26,7 @@ setup(
         "psutil>=5.9",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.15,<0.18"],
         "quant": ["bitsandbytes>=0.49"],
         "flash": ["flash-attn>=2.6"],
     },

@@ -17,6 +17,7 @@ resident memory before loading (interpreter, torch, transformers).
 
     .venv/bin/python bench/bench_export.py --out runs/bench/export --json runs/bench/export/result.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,14 @@ from trainer.distributed.world import free_port  # noqa: E402
 from trainer.testing.tiny import SMALL_IMAGE, build_tiny_model  # noqa: E402
 
 GOAL = 1.3
-TEXT = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
-            num_key_value_heads=16, head_dim=128)
+TEXT = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    head_dim=128,
+)
 FULL_LAYERS = 8  # training the model in full under ZeRO-2 on 2 CPU ranks fits in 24 GiB
 ENV = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 
@@ -66,11 +73,28 @@ def full_finetune(out: Path, base: Path, stage: int) -> Path:
         build(BuildConfig(input=dataset.input, out=data / "shards", seed=0, workers=1, overwrite=True, progress=False))
     run = out / f"full-zero{stage}"
     shutil.rmtree(run, ignore_errors=True)
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-               str(ROOT / "launch/train.py"), "--config", str(ROOT / "configs/demo.yaml"), f"model.path={base}",
-               f"data.train={data / 'shards' / 'train'}", "data.val=", f"train.output_dir={run}", "train.max_steps=1",
-               "train.micro_batch_size=1", "lora.enabled=false", "eval.at_start=false", "checkpoint.resume=none",
-               f"deepspeed.config={ROOT / 'configs/deepspeed'}/zero{stage}.json"]
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "launch/train.py"),
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        f"model.path={base}",
+        f"data.train={data / 'shards' / 'train'}",
+        "data.val=",
+        f"train.output_dir={run}",
+        "train.max_steps=1",
+        "train.micro_batch_size=1",
+        "lora.enabled=false",
+        "eval.at_start=false",
+        "checkpoint.resume=none",
+        f"deepspeed.config={ROOT / 'configs/deepspeed'}/zero{stage}.json",
+    ]
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}")
@@ -93,14 +117,36 @@ def build_adapter(base: Path, out: Path) -> Path:
 
 def export(checkpoint: Path, base: Path, out: Path, dtype: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, str(ROOT / "launch/merge_lora.py"), "--checkpoint", str(checkpoint), "--base", str(base),
-               "--out", str(out), "--dtype", dtype, "--verify-samples", "0"]
+    command = [
+        sys.executable,
+        str(ROOT / "launch/merge_lora.py"),
+        "--checkpoint",
+        str(checkpoint),
+        "--base",
+        str(base),
+        "--out",
+        str(out),
+        "--dtype",
+        dtype,
+        "--verify-samples",
+        "0",
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     summary = json.loads((out / "merge_summary.json").read_text())
-    return {key: summary[key] for key in ("merged_bytes", "rss_before_bytes", "peak_rss_bytes", "peak_rss_ratio",
-                                          "peak_rss_delta_ratio", "peak_rss_scope", "merge_seconds")}
+    return {
+        key: summary[key]
+        for key in (
+            "merged_bytes",
+            "rss_before_bytes",
+            "peak_rss_bytes",
+            "peak_rss_ratio",
+            "peak_rss_delta_ratio",
+            "peak_rss_scope",
+            "merge_seconds",
+        )
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -116,19 +162,28 @@ def main(argv: list[str] | None = None) -> dict:
         bases = build_bases(args.out)
         adapter = build_adapter(bases["bfloat16"], args.out / "adapter")
         for dtype, base in bases.items():
-            result[f"LoRA, {dtype} base → bfloat16"] = export(adapter, base, args.out / f"merged-from-{dtype}", "bfloat16")
+            result[f"LoRA, {dtype} base → bfloat16"] = export(
+                adapter, base, args.out / f"merged-from-{dtype}", "bfloat16"
+            )
     if args.only in (None, "full"):
-        base = build_tiny_model("llava", args.out / "full-base", image_size=SMALL_IMAGE, overwrite=True,
-                                text={**TEXT, "num_hidden_layers": args.full_layers})
+        base = build_tiny_model(
+            "llava",
+            args.out / "full-base",
+            image_size=SMALL_IMAGE,
+            overwrite=True,
+            text={**TEXT, "num_hidden_layers": args.full_layers},
+        )
         for stage in args.full_stages:
             run = full_finetune(args.out, base, stage)
             result[f"full, ZeRO-{stage} → float32"] = export(run, base, args.out / f"full-{stage}", "float32")
     for name, figures in result.items():
-        print(f"{name}: merged {figures['merged_bytes'] / 2**30:.2f} GiB, peak RSS "
-              f"{figures['peak_rss_bytes'] / 2**30:.2f} GiB = {figures['peak_rss_ratio']:.2f}× "
-              f"({figures['peak_rss_delta_ratio']:.2f}× above the {figures['rss_before_bytes'] / 2**20:.0f} MiB "
-              f"before loading), {figures['merge_seconds']:.0f} s; goal ≤ {GOAL}×: "
-              f"{'met' if figures['peak_rss_ratio'] <= GOAL else 'MISSED'}")
+        print(
+            f"{name}: merged {figures['merged_bytes'] / 2**30:.2f} GiB, peak RSS "
+            f"{figures['peak_rss_bytes'] / 2**30:.2f} GiB = {figures['peak_rss_ratio']:.2f}× "
+            f"({figures['peak_rss_delta_ratio']:.2f}× above the {figures['rss_before_bytes'] / 2**20:.0f} MiB "
+            f"before loading), {figures['merge_seconds']:.0f} s; goal ≤ {GOAL}×: "
+            f"{'met' if figures['peak_rss_ratio'] <= GOAL else 'MISSED'}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

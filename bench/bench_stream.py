@@ -21,6 +21,7 @@ workers) is reported beside it: it is far less sensitive to such neighbours. Bui
 and the shards is timed apart and not counted; both are reused from --out when their parameters
 match.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,10 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterable
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # --- dataset and shards, reused when their parameters match -------------------------------------
 
+
 def matches(marker: Path, params: dict) -> bool:
     return marker.exists() and json.loads(marker.read_text())["params"] == params
 
@@ -92,8 +94,15 @@ def prepare_shards(data_json: Path, out: Path, params: dict) -> tuple[Path, floa
     folder, marker = out / "shards", out / "shards.json"
     if matches(marker, params):
         return folder / "train", json.loads(marker.read_text())["build_seconds"], True
-    config = BuildConfig(input=data_json, out=folder, seed=SEED, policy=ImagePolicy(max_side=params["size"]),
-                         workers=os.cpu_count() or 1, overwrite=True, progress=False)
+    config = BuildConfig(
+        input=data_json,
+        out=folder,
+        seed=SEED,
+        policy=ImagePolicy(max_side=params["size"]),
+        workers=os.cpu_count() or 1,
+        overwrite=True,
+        progress=False,
+    )
     start = time.perf_counter()
     report = build(config)
     seconds = time.perf_counter() - start
@@ -111,6 +120,7 @@ def warm_page_cache(paths: Iterable[Path]) -> None:
 
 
 # --- the three loaders: same tensors, same DataLoader settings ----------------------------------
+
 
 def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     """uint8 [S, S, 3]; resized only when the image is not SxS already."""
@@ -163,12 +173,16 @@ def stored_jpegs(split_dir: Path) -> list[bytes]:
 
 def shard_epochs(split_dir: Path, args: argparse.Namespace) -> Callable[[int], Iterable[torch.Tensor]]:
     config = StreamConfig(batch_size=args.batch_size, seed=SEED, decode=True, shuffle=True)
-    loader = ShardLoader(ShardStream(split_dir, config=config), num_workers=args.workers,
-                         collate_fn=partial(collate_samples, size=args.size))
+    loader = ShardLoader(
+        ShardStream(split_dir, config=config),
+        num_workers=args.workers,
+        collate_fn=partial(collate_samples, size=args.size),
+    )
 
     def epoch(number: int) -> ShardLoader:
         loader.set_epoch(number)
         return loader
+
     return epoch
 
 
@@ -178,6 +192,7 @@ def dataloader_epochs(dataset: Dataset, args: argparse.Namespace) -> Callable[[i
 
 
 # --- timing and report ---------------------------------------------------------------------------
+
 
 def warm_up(epochs: Callable[[int], Iterable[torch.Tensor]], size: int) -> None:
     """A few batches of epoch 0, checking that every loader yields the same kind of batch."""
@@ -212,35 +227,52 @@ def measure(epochs: dict[str, Callable], size: int, repeats: int) -> dict:
 
 def best_epoch(runs: list[dict]) -> dict:
     best = min(runs, key=lambda run: run["seconds"])
-    return {"samples": best["samples"], "seconds": best["seconds"], "samples_per_s": best["samples"] / best["seconds"],
-            "cpu_us_per_sample": best["cpu_seconds"] / best["samples"] * 1e6,
-            "all_epoch_seconds": [run["seconds"] for run in runs]}
+    return {
+        "samples": best["samples"],
+        "seconds": best["seconds"],
+        "samples_per_s": best["samples"] / best["seconds"],
+        "cpu_us_per_sample": best["cpu_seconds"] / best["samples"] * 1e6,
+        "all_epoch_seconds": [run["seconds"] for run in runs],
+    }
 
 
 def ratios(loaders: dict) -> dict:
     """Throughput ratios (the goals) and the same ratios computed from CPU time per sample."""
+
     def ratio(a: str, b: str) -> dict:
-        return {"samples_per_s": loaders[a]["samples_per_s"] / loaders[b]["samples_per_s"],
-                "cpu": loaders[b]["cpu_us_per_sample"] / loaders[a]["cpu_us_per_sample"]}
+        return {
+            "samples_per_s": loaders[a]["samples_per_s"] / loaders[b]["samples_per_s"],
+            "cpu": loaders[b]["cpu_us_per_sample"] / loaders[a]["cpu_us_per_sample"],
+        }
+
     return {"shards/loose": ratio("shards", "loose"), "shards/limit": ratio("shards", "limit")}
 
 
 def print_table(result: dict) -> None:
     print(f"\n{'loader':<8}{'samples':>9}{'seconds':>9}{'samples/s':>11}{'CPU us/sample':>15}")
     for name, figures in result["loaders"].items():
-        print(f"{name:<8}{figures['samples']:>9}{figures['seconds']:>9.2f}{figures['samples_per_s']:>11.0f}"
-              f"{figures['cpu_us_per_sample']:>15.0f}")
+        print(
+            f"{name:<8}{figures['samples']:>9}{figures['seconds']:>9.2f}{figures['samples_per_s']:>11.0f}"
+            f"{figures['cpu_us_per_sample']:>15.0f}"
+        )
     for name, value in result["ratios"].items():
         verdict = "met" if value["samples_per_s"] >= GOALS[name] else "MISSED"
-        print(f"{name:<13}{value['samples_per_s']:>6.2f}x (by CPU time {value['cpu']:.2f}x)"
-              f"   goal >= {GOALS[name]}x: {verdict}")
+        print(
+            f"{name:<13}{value['samples_per_s']:>6.2f}x (by CPU time {value['cpu']:.2f}x)"
+            f"   goal >= {GOALS[name]}x: {verdict}"
+        )
     build_note = " (reused; time of the original build)" if result["build"]["reused"] else ""
     print(f"shard build   {result['build']['seconds']:.1f} s{build_note}")
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "torch": torch.__version__, "pillow": Image.__version__}
+    return {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pillow": Image.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -258,8 +290,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
     loaders = measure(epochs, args.size, args.repeats)
     result = {
-        "params": {**source_params, "size": args.size, "workers": args.workers, "batch_size": args.batch_size,
-                   "repeats": args.repeats},
+        "params": {
+            **source_params,
+            "size": args.size,
+            "workers": args.workers,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+        },
         "machine": machine(),
         "build": {"seconds": build_seconds, "reused": reused},
         "loaders": loaders,

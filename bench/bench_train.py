@@ -10,7 +10,8 @@ no validation split, no checkpoint before the end and one metrics line per 10 st
    before its timed loop. Figure: the mean step time over the steps after the warm-up (their total time
    / their number: slow steps count as they cost), and raw/ours (goal >= 0.95: our loop costs at most
    ~5% more per step). Our step times are `perf/step_time_s` from metrics.jsonl, each line the mean of
-   its 10 steps; a median of those would not compare with a median of the raw loop's single steps. A third run, the raw loop fed by the trainer's own loader (`--feed loader`), splits
+   its 10 steps; a median of those would not compare with a median of the raw loop's single steps. A third run,
+   the raw loop fed by the trainer's own loader (`--feed loader`), splits
    the difference into the data pipeline's share and the loop's own bookkeeping.
 2. Tokens/s on variable-length data. LLaVA records whose captions have 3 to 150 words (log-uniform),
    so that padding to the longest sample of a batch wastes much of the batch:
@@ -31,6 +32,7 @@ as the ratio of the median runs, which one lucky or unlucky run moves less. Data
 model are rebuilt under `--out` (a few seconds) and sized so that every run reads each training
 sample once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,17 +83,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run (one micro-batch each)")
     parser.add_argument("--warmup", type=int, default=10, help="first steps left out of every figure")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration; the best is kept")
-    parser.add_argument("--budget", type=float, default=480,
-                        help="seconds after which runs no longer wait for a quiet machine nor repeat when disturbed")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=480,
+        help="seconds after which runs no longer wait for a quiet machine nor repeat when disturbed",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train"), help="data, models and run folders")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--only", choices=["overhead", "throughput"], help="run one of the two parts")
-    parser.add_argument("--text-width", type=int, help="widen the tiny LLaVA's language model to this hidden size "
-                        "(intermediate 8/3 of it, heads of 64), where compute outweighs per-step fixed costs")
-    parser.add_argument("--ranks", type=int, default=2, help="ranks (deepspeed --num_gpus); with 1, each rank's "
-                        "loader worker has a core of its own, as on GPU nodes with spare cores")
-    parser.add_argument("--micro-batch", type=int, help="micro batch size for every loop (default: the recipe's); "
-                        "more tokens per step make per-step fixed costs matter less, as with real sequence lengths")
+    parser.add_argument(
+        "--text-width",
+        type=int,
+        help="widen the tiny LLaVA's language model to this hidden size "
+        "(intermediate 8/3 of it, heads of 64), where compute outweighs per-step fixed costs",
+    )
+    parser.add_argument(
+        "--ranks",
+        type=int,
+        default=2,
+        help="ranks (deepspeed --num_gpus); with 1, each rank's "
+        "loader worker has a core of its own, as on GPU nodes with spare cores",
+    )
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        help="micro batch size for every loop (default: the recipe's); "
+        "more tokens per step make per-step fixed costs matter less, as with real sequence lengths",
+    )
     parser.add_argument("--text-layers", type=int, default=2, help="its layers, with --text-width")
     args = parser.parse_args(argv)
     if not 0 <= args.warmup < args.steps - 1:
@@ -108,16 +127,31 @@ def wider_text(width: int | None, layers: int) -> dict | None:
         return None
     if width % 64:
         raise SystemExit(f"--text-width {width}: must be a multiple of 64 (heads of 64)")
-    return {"hidden_size": width, "intermediate_size": 32 * round(width * 8 / 3 / 32), "num_hidden_layers": layers,
-            "num_attention_heads": width // 64, "head_dim": 64}
+    return {
+        "hidden_size": width,
+        "intermediate_size": 32 * round(width * 8 / 3 / 32),
+        "num_hidden_layers": layers,
+        "num_attention_heads": width // 64,
+        "head_dim": 64,
+    }
 
 
 # --- data: the demo's colour task, and captions of very different lengths -----------------------
 
+
 def build_split(data_json: Path, out: Path) -> Path:
     """Shards of one `train` split (200 samples each); returns the split folder."""
-    report = build(BuildConfig(input=data_json, out=out, seed=SEED, layout=ShardLayout(max_samples=200),
-                               workers=BUILD_WORKERS, overwrite=True, progress=False))
+    report = build(
+        BuildConfig(
+            input=data_json,
+            out=out,
+            seed=SEED,
+            layout=ShardLayout(max_samples=200),
+            workers=BUILD_WORKERS,
+            overwrite=True,
+            progress=False,
+        )
+    )
     if report["rejects_by_reason"]:
         raise RuntimeError(f"{data_json}: rejected records {report['rejects_by_reason']}")
     return out / "train"
@@ -143,9 +177,14 @@ def varlen_split(out: Path, n: int) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     make_loose_benchmark_set(out / "raw", n, image_size=32, seed=SEED)
     rng, words = np.random.default_rng(SEED), " ".join(GENERIC_ENGLISH).split()
-    records = [{"id": f"v{index:06d}", "image": f"images/s{index:06d}.jpg",
-                "conversations": [{"from": "human", "value": PROMPT}, {"from": "gpt", "value": caption(rng, words)}]}
-               for index in range(n)]
+    records = [
+        {
+            "id": f"v{index:06d}",
+            "image": f"images/s{index:06d}.jpg",
+            "conversations": [{"from": "human", "value": PROMPT}, {"from": "gpt", "value": caption(rng, words)}],
+        }
+        for index in range(n)
+    ]
     data_json = out / "raw" / "varlen.json"
     data_json.write_text(json.dumps(records, indent=1))
     return build_split(data_json, out / "shards")
@@ -164,8 +203,10 @@ def rank_batches(split: Path, micro: int, steps: int, ranks: int) -> list[list[s
     batches = []
     for rank in range(ranks):
         config = StreamConfig(batch_size=micro, seed=SEED, shuffle=True, decode=False)
-        keys = [s.key for s in ShardStream(split, config=config, rank=rank, world_size=ranks) if not isinstance(s, Skipped)]
-        batches += [keys[i:i + micro] for i in range(0, len(keys), micro)][:steps]
+        keys = [
+            s.key for s in ShardStream(split, config=config, rank=rank, world_size=ranks) if not isinstance(s, Skipped)
+        ]
+        batches += [keys[i : i + micro] for i in range(0, len(keys), micro)][:steps]
     return batches
 
 
@@ -188,14 +229,22 @@ def packing_plan(lengths: dict[str, int], batches: list[list[str]]) -> dict:
         packed += 32
     rows = Counter(len(packed_rows(batch, packed)) for batch in batch_lengths)
     totals = [sum(batch) for batch in batch_lengths]
-    return {"sample_tokens": {"min": min(lengths.values()), "median": statistics.median(lengths.values()),
-                              "mean": statistics.fmean(lengths.values()), "max": longest},
-            "batch_tokens": {"min": min(totals), "median": statistics.median(totals), "max": max(totals)},
-            "max_length_padded": padded, "max_length_packed": packed,
-            "rows_per_batch": {str(count): rows[count] for count in sorted(rows)}}
+    return {
+        "sample_tokens": {
+            "min": min(lengths.values()),
+            "median": statistics.median(lengths.values()),
+            "mean": statistics.fmean(lengths.values()),
+            "max": longest,
+        },
+        "batch_tokens": {"min": min(totals), "median": statistics.median(totals), "max": max(totals)},
+        "max_length_padded": padded,
+        "max_length_packed": packed,
+        "rows_per_batch": {str(count): rows[count] for count in sorted(rows)},
+    }
 
 
 # --- runs -----------------------------------------------------------------------------------------
+
 
 def busy_cpu_seconds() -> float:
     """CPU seconds the whole machine has spent busy since boot (all processes, ours or not)."""
@@ -212,12 +261,23 @@ def our_cpu_seconds() -> float:
 def launch(script: Path, arguments: list[str], log: Path, ranks: int) -> dict:
     """`deepspeed --num_gpus <ranks> script ...` with its output in `log`. Returns its wall seconds and the share
     of the machine's CPU that other processes used meanwhile (the noise a neighbour adds to this run)."""
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-               "--master_port", str(free_port()), str(script), *arguments]
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+        str(script),
+        *arguments,
+    ]
     log.parent.mkdir(parents=True, exist_ok=True)
     start, busy, ours = time.perf_counter(), busy_cpu_seconds(), our_cpu_seconds()
     with log.open("w") as handle:
-        code = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, stdout=handle, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            command, cwd=ROOT, env={**os.environ, **ENV}, stdout=handle, stderr=subprocess.STDOUT
+        ).returncode
     wall = time.perf_counter() - start
     others = (busy_cpu_seconds() - busy) - (our_cpu_seconds() - ours)
     if code:
@@ -227,26 +287,43 @@ def launch(script: Path, arguments: list[str], log: Path, ranks: int) -> dict:
 
 
 def recipe_overrides(model: Path, split: Path, steps: int, run_dir: Path, extra: list[str]) -> list[str]:
-    return ["--config", str(RECIPE), f"model.path={model}", f"data.train={split}", "data.val=",
-            f"train.output_dir={run_dir}", f"train.max_steps={steps}", f"train.log_every={LOG_EVERY}",
-            "checkpoint.every_steps=0",
-            "checkpoint.resume=none", "eval.at_start=false", *extra]
+    return [
+        "--config",
+        str(RECIPE),
+        f"model.path={model}",
+        f"data.train={split}",
+        "data.val=",
+        f"train.output_dir={run_dir}",
+        f"train.max_steps={steps}",
+        f"train.log_every={LOG_EVERY}",
+        "checkpoint.every_steps=0",
+        "checkpoint.resume=none",
+        "eval.at_start=false",
+        *extra,
+    ]
 
 
 def run_ours(model: Path, split: Path, steps: int, run_dir: Path, extra: list[str], ranks: int) -> dict:
     """launch/train.py, per step: each metrics.jsonl line's perf/* are means over the steps since the
     previous line, so every step of an interval gets its line's step time, tokens and non-pad fraction."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    timing = launch(ROOT / "launch/train.py", recipe_overrides(model, split, steps, run_dir, extra), run_dir.with_suffix(".log"),
-                    ranks)
+    timing = launch(
+        ROOT / "launch/train.py",
+        recipe_overrides(model, split, steps, run_dir, extra),
+        run_dir.with_suffix(".log"),
+        ranks,
+    )
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [line for line in lines if "perf/step_time_s" in line]
     spans = [line["step"] - previous for line, previous in zip(logged, [0] + [m["step"] for m in logged])]
-    return {**timing, "step_time_s": spread([m["perf/step_time_s"] for m in logged], spans),
-            "tokens": spread([m["perf/tokens_per_s"] * m["perf/step_time_s"] for m in logged], spans),
-            "nonpad_fraction": spread([m["perf/nonpad_fraction"] for m in logged], spans),
-            "loss": [m["train/loss"] for m in logged],
-            "dropped_samples": logged[-1]["train/dropped_samples"]}
+    return {
+        **timing,
+        "step_time_s": spread([m["perf/step_time_s"] for m in logged], spans),
+        "tokens": spread([m["perf/tokens_per_s"] * m["perf/step_time_s"] for m in logged], spans),
+        "nonpad_fraction": spread([m["perf/nonpad_fraction"] for m in logged], spans),
+        "loss": [m["train/loss"] for m in logged],
+        "dropped_samples": logged[-1]["train/dropped_samples"],
+    }
 
 
 def spread(values: list[float], spans: list[int]) -> list[float]:
@@ -256,7 +333,15 @@ def spread(values: list[float], spans: list[int]) -> list[float]:
 
 def run_raw(model: Path, split: Path, steps: int, run_dir: Path, feed: str, extra: list[str], ranks: int) -> dict:
     out = run_dir / "raw.json"
-    arguments = ["--steps", str(steps), "--out", str(out), "--feed", feed, *recipe_overrides(model, split, steps, run_dir, extra)]
+    arguments = [
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--feed",
+        feed,
+        *recipe_overrides(model, split, steps, run_dir, extra),
+    ]
     timing = launch(ROOT / "bench/raw_ds_loop.py", arguments, run_dir.with_suffix(".log"), ranks)
     return {**timing, **json.loads(out.read_text())}
 
@@ -268,17 +353,28 @@ def run_hf(model: Path, split: Path, steps: int, run_dir: Path, extra: list[str]
     timing = launch(ROOT / "bench/hf_trainer_loop.py", arguments, run_dir.with_suffix(".log"), ranks)
     result = json.loads(out.read_text())
     ends = [result["begin"], *result["step_ends"]]
-    return {**timing, "engine": result["engine"], "step_time_s": [b - a for a, b in zip(ends, ends[1:])],
-            "tokens": result["tokens"], "nonpad_fraction": [t / s for t, s in zip(result["tokens"], result["slots"])]}
+    return {
+        **timing,
+        "engine": result["engine"],
+        "step_time_s": [b - a for a, b in zip(ends, ends[1:])],
+        "tokens": result["tokens"],
+        "nonpad_fraction": [t / s for t, s in zip(result["tokens"], result["slots"])],
+    }
 
 
 # --- figures --------------------------------------------------------------------------------------
 
+
 def step_figures(run: dict, warmup: int) -> dict:
     """Median step time, and non-pad tokens/s and mean non-pad fraction over the steps after the warm-up."""
     times = run["step_time_s"][warmup:]
-    figures = {"mean_step_s": statistics.fmean(times), "median_step_s": statistics.median(times), "timed_steps": len(times), "wall_s": run["wall_s"],
-               "neighbour_cpu_share": run["neighbour_cpu_share"]}
+    figures = {
+        "mean_step_s": statistics.fmean(times),
+        "median_step_s": statistics.median(times),
+        "timed_steps": len(times),
+        "wall_s": run["wall_s"],
+        "neighbour_cpu_share": run["neighbour_cpu_share"],
+    }
     if "tokens" in run:
         figures["tokens_per_s"] = sum(run["tokens"][warmup:]) / sum(times)
         figures["nonpad_fraction"] = statistics.fmean(run["nonpad_fraction"][warmup:])
@@ -288,7 +384,9 @@ def step_figures(run: dict, warmup: int) -> dict:
     if "loss" in run:
         figures["first_interval_loss"] = run["loss"][0]  # same batches and weights: padding and packing must agree
     if "phases_s" in run:
-        figures["phases_ms"] = {phase: 1000 * statistics.median(values[warmup:]) for phase, values in run["phases_s"].items()}
+        figures["phases_ms"] = {
+            phase: 1000 * statistics.median(values[warmup:]) for phase, values in run["phases_s"].items()
+        }
     if run.get("collate_s"):
         figures["collate_ms_per_batch"] = 1000 * statistics.median(run["collate_s"])
     return figures
@@ -296,8 +394,11 @@ def step_figures(run: dict, warmup: int) -> dict:
 
 def best(runs: list[dict], key: str, highest: bool) -> dict:
     chosen = (max if highest else min)(runs, key=lambda figures: figures[key])
-    return {**chosen, "all_runs": [figures[key] for figures in runs],
-            "all_neighbour_cpu_share": [figures["neighbour_cpu_share"] for figures in runs]}
+    return {
+        **chosen,
+        "all_runs": [figures[key] for figures in runs],
+        "all_neighbour_cpu_share": [figures["neighbour_cpu_share"] for figures in runs],
+    }
 
 
 def others_share(seconds: float) -> float:
@@ -334,37 +435,62 @@ def measure(configs: dict, args: argparse.Namespace) -> dict:
 def overhead(args: argparse.Namespace, model: Path, split: Path) -> dict:
     runs_dir = args.out / "runs"
     configs = {
-        "raw": lambda r: run_raw(model, split, args.steps, runs_dir / f"raw-{r}", "precollated", args.common, args.ranks),
-        "raw_loader": lambda r: run_raw(model, split, args.steps, runs_dir / f"raw-loader-{r}", "loader", args.common,
-                                        args.ranks),
+        "raw": lambda r: run_raw(
+            model, split, args.steps, runs_dir / f"raw-{r}", "precollated", args.common, args.ranks
+        ),
+        "raw_loader": lambda r: run_raw(
+            model, split, args.steps, runs_dir / f"raw-loader-{r}", "loader", args.common, args.ranks
+        ),
         "ours": lambda r: run_ours(model, split, args.steps, runs_dir / f"ours-{r}", args.common, args.ranks),
     }
     runs = measure(configs, args)
     loops = {name: best(figures, "mean_step_s", highest=False) for name, figures in runs.items()}
     typical = {name: statistics.median(figures["all_runs"]) for name, figures in loops.items()}
-    return {"loops": loops, "ratios": {
-        "raw/ours": loops["raw"]["mean_step_s"] / loops["ours"]["mean_step_s"],
-        "raw/raw_loader": loops["raw"]["mean_step_s"] / loops["raw_loader"]["mean_step_s"],
-        "raw_loader/ours": loops["raw_loader"]["mean_step_s"] / loops["ours"]["mean_step_s"],
-        "raw_loader/ours, median runs": typical["raw_loader"] / typical["ours"]}}
+    return {
+        "loops": loops,
+        "ratios": {
+            "raw/ours": loops["raw"]["mean_step_s"] / loops["ours"]["mean_step_s"],
+            "raw/raw_loader": loops["raw"]["mean_step_s"] / loops["raw_loader"]["mean_step_s"],
+            "raw_loader/ours": loops["raw_loader"]["mean_step_s"] / loops["ours"]["mean_step_s"],
+            "raw_loader/ours, median runs": typical["raw_loader"] / typical["ours"],
+        },
+    }
 
 
 def throughput(args: argparse.Namespace, model: Path, split: Path, plan: dict) -> dict:
     runs_dir, padded, packed = args.out / "runs", plan["max_length_padded"], plan["max_length_packed"]
     configs = {
-        "hf": lambda r: run_hf(model, split, args.steps, runs_dir / f"hf-{r}",
-                               [*args.common, f"model.max_length={padded}"], args.ranks),
-        "padding": lambda r: run_ours(model, split, args.steps, runs_dir / f"padding-{r}",
-                                      [*args.common, f"model.max_length={padded}", "data.packing=false"], args.ranks),
-        "packing": lambda r: run_ours(model, split, args.steps, runs_dir / f"packing-{r}",
-                                      [*args.common, f"model.max_length={packed}", "data.packing=true"], args.ranks),
+        "hf": lambda r: run_hf(
+            model, split, args.steps, runs_dir / f"hf-{r}", [*args.common, f"model.max_length={padded}"], args.ranks
+        ),
+        "padding": lambda r: run_ours(
+            model,
+            split,
+            args.steps,
+            runs_dir / f"padding-{r}",
+            [*args.common, f"model.max_length={padded}", "data.packing=false"],
+            args.ranks,
+        ),
+        "packing": lambda r: run_ours(
+            model,
+            split,
+            args.steps,
+            runs_dir / f"packing-{r}",
+            [*args.common, f"model.max_length={packed}", "data.packing=true"],
+            args.ranks,
+        ),
     }
     runs = measure(configs, args)
     trainers = {name: best(figures, "tokens_per_s", highest=True) for name, figures in runs.items()}
-    return {"plan": plan, "trainers": trainers, "ratios": {
-        "packing/hf": trainers["packing"]["tokens_per_s"] / trainers["hf"]["tokens_per_s"],
-        "padding/hf": trainers["padding"]["tokens_per_s"] / trainers["hf"]["tokens_per_s"],
-        "packing/padding": trainers["packing"]["tokens_per_s"] / trainers["padding"]["tokens_per_s"]}}
+    return {
+        "plan": plan,
+        "trainers": trainers,
+        "ratios": {
+            "packing/hf": trainers["packing"]["tokens_per_s"] / trainers["hf"]["tokens_per_s"],
+            "padding/hf": trainers["padding"]["tokens_per_s"] / trainers["hf"]["tokens_per_s"],
+            "packing/padding": trainers["packing"]["tokens_per_s"] / trainers["padding"]["tokens_per_s"],
+        },
+    }
 
 
 def verdict(name: str, value: float) -> str:
@@ -373,8 +499,10 @@ def verdict(name: str, value: float) -> str:
 
 def run_list(figures: dict, scale: float) -> str:
     """Every run's figure, with the share of the CPU that other processes took meanwhile (* disturbed)."""
-    return ", ".join(f"{scale * value:.1f} ({share:.0%}{'*' if share > QUIET_SHARE else ''})" for value, share in
-                     zip(figures["all_runs"], figures["all_neighbour_cpu_share"]))
+    return ", ".join(
+        f"{scale * value:.1f} ({share:.0%}{'*' if share > QUIET_SHARE else ''})"
+        for value, share in zip(figures["all_runs"], figures["all_neighbour_cpu_share"])
+    )
 
 
 def print_tables(result: dict) -> None:
@@ -384,12 +512,19 @@ def print_tables(result: dict) -> None:
             print(f"{name:<12}{1000 * figures['mean_step_s']:>14.1f}   {run_list(figures, 1000)}")
         for name, figures in result["overhead"]["loops"].items():
             if "phases_ms" in figures:
-                print(f"{name} phases, median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in figures["phases_ms"].items()))
+                print(
+                    f"{name} phases, median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in figures["phases_ms"].items())
+                )
     if "throughput" in result:
-        print(f"\n{'trainer':<10}{'tokens/s':>10}{'non-pad':>9}{'mean step ms':>14}   runs, tokens/s (neighbours' CPU share)")
+        print(
+            f"\n{'trainer':<10}{'tokens/s':>10}{'non-pad':>9}{'mean step ms':>14}"
+            "   runs, tokens/s (neighbours' CPU share)"
+        )
         for name, figures in result["throughput"]["trainers"].items():
-            print(f"{name:<10}{figures['tokens_per_s']:>10.0f}{figures['nonpad_fraction']:>9.3f}"
-                  f"{1000 * figures['mean_step_s']:>14.1f}   {run_list(figures, 1)}")
+            print(
+                f"{name:<10}{figures['tokens_per_s']:>10.0f}{figures['nonpad_fraction']:>9.3f}"
+                f"{1000 * figures['mean_step_s']:>14.1f}   {run_list(figures, 1)}"
+            )
     print(f"(* other processes used more than {QUIET_SHARE:.0%} of the CPU during that run)\n")
     for section in ("overhead", "throughput"):
         for name, value in result.get(section, {}).get("ratios", {}).items():
@@ -401,10 +536,22 @@ def machine() -> dict:
     import torch
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "deepspeed": deepspeed.__version__}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "deepspeed": deepspeed.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -413,12 +560,23 @@ def main(argv: list[str] | None = None) -> dict:
     micro = args.micro_batch or load(RECIPE).train.micro_batch_size
     samples = args.ranks * micro * args.steps  # one epoch = exactly --steps micro-batches per rank
     text = wider_text(args.text_width, args.text_layers)
-    model = build_tiny_model("llava", args.out / (f"base_model-{args.text_width}x{args.text_layers}" if text else "base_model"),
-                             image_size=SMALL_IMAGE, text=text)
+    model = build_tiny_model(
+        "llava",
+        args.out / (f"base_model-{args.text_width}x{args.text_layers}" if text else "base_model"),
+        image_size=SMALL_IMAGE,
+        text=text,
+    )
     result = {
-        "params": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "ranks": args.ranks,
-                   "micro_batch_size": micro, "samples_per_dataset": samples, "recipe": str(RECIPE.relative_to(ROOT)),
-                   "text_model": text or "the tiny kit's"},
+        "params": {
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "ranks": args.ranks,
+            "micro_batch_size": micro,
+            "samples_per_dataset": samples,
+            "recipe": str(RECIPE.relative_to(ROOT)),
+            "text_model": text or "the tiny kit's",
+        },
         "machine": machine(),
         "goals": GOALS,
     }

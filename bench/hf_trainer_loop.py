@@ -12,6 +12,7 @@ Per step, rank 0 records when `on_step_end` fires, and every rank counts the non
 token slots of the batches it trained on (summed over ranks at the end). The forward gets
 `use_cache=False`, as in our trainer. Rank 0 writes the figures to `--out`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,14 @@ from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments
 
 from data_shards.sample import Sample  # noqa: E402
 from data_shards.stream import ShardStream, Skipped, StreamConfig  # noqa: E402
-from trainer.config import deepspeed_json  # noqa: E402
 from trainer.batches.collate import Collator  # noqa: E402
+from trainer.config import deepspeed_json  # noqa: E402
 from trainer.config.schema import TrainConfig, load  # noqa: E402
 from trainer.distributed.world import release_shm_allreduce_buffer, world_from_env  # noqa: E402
-from trainer.train.loaders import make_collator  # noqa: E402
-from trainer.train.trainer import seed_everything  # noqa: E402
 from trainer.models.loading import prepare_model  # noqa: E402
 from trainer.models.processor import load_processor  # noqa: E402
+from trainer.train.loaders import make_collator  # noqa: E402
+from trainer.train.trainer import seed_everything  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,15 +102,31 @@ class StepClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def training_arguments(config: TrainConfig, args: argparse.Namespace, world_size: int, hidden: int) -> TrainingArguments:
+def training_arguments(
+    config: TrainConfig, args: argparse.Namespace, world_size: int, hidden: int
+) -> TrainingArguments:
     opt, train = config.optimizer, config.train
     return TrainingArguments(
-        output_dir=train.output_dir, max_steps=args.steps, per_device_train_batch_size=train.micro_batch_size,
-        gradient_accumulation_steps=train.grad_accum, learning_rate=opt.lr, weight_decay=opt.weight_decay,
-        adam_beta1=opt.betas[0], adam_beta2=opt.betas[1], adam_epsilon=opt.eps, max_grad_norm=train.max_grad_norm,
-        lr_scheduler_type=opt.schedule, warmup_steps=opt.warmup_steps, optim="adamw_torch", seed=train.seed,
-        logging_steps=train.log_every, save_strategy="no", report_to="none", disable_tqdm=True,
-        dataloader_num_workers=config.data.num_workers, remove_unused_columns=False,
+        output_dir=train.output_dir,
+        max_steps=args.steps,
+        per_device_train_batch_size=train.micro_batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        learning_rate=opt.lr,
+        weight_decay=opt.weight_decay,
+        adam_beta1=opt.betas[0],
+        adam_beta2=opt.betas[1],
+        adam_epsilon=opt.eps,
+        max_grad_norm=train.max_grad_norm,
+        lr_scheduler_type=opt.schedule,
+        warmup_steps=opt.warmup_steps,
+        optim="adamw_torch",
+        seed=train.seed,
+        logging_steps=train.log_every,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=config.data.num_workers,
+        remove_unused_columns=False,
         deepspeed=deepspeed_json.resolve(config, world_size, hidden),
         # Without use_cpu, accelerate 1.15 finds no backend on a machine without an accelerator device
         # (`PartialState._prepare_backend` names one only for GPU-like devices or for cpu=True): it runs
@@ -144,16 +161,25 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = prepare_model(config, hf_args.device)
     collator = make_collator(load_processor(config.model.path), model, config)
     clock = StepClock()
-    trainer = CountingTrainer(model=model, args=hf_args, train_dataset=SplitSamples(config.data.train),
-                              data_collator=PaddedInputs(collator), callbacks=[clock])
+    trainer = CountingTrainer(
+        model=model,
+        args=hf_args,
+        train_dataset=SplitSamples(config.data.train),
+        data_collator=PaddedInputs(collator),
+        callbacks=[clock],
+    )
     trainer.train()
     release_shm_allreduce_buffer(world)  # DeepSpeed's CPU all-reduce buffer, left in /dev/shm otherwise
     tokens, slots = summed(trainer.tokens), summed(trainer.slots)
     if world.is_main:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         engine = f"{type(trainer.model_wrapped).__name__}, {trainer.accelerator.distributed_type}"
-        args.out.write_text(json.dumps({"engine": engine, "begin": clock.begin, "step_ends": clock.ends,
-                                        "tokens": tokens, "slots": slots}) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {"engine": engine, "begin": clock.begin, "step_ends": clock.ends, "tokens": tokens, "slots": slots}
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -13,26 +13,27 @@ those phases (and, when precollated, the seconds each collate took) to `--out`.
     deepspeed --num_gpus 2 bench/raw_ds_loop.py --config configs/demo.yaml --steps 100 --out raw.json \
         model.path=... data.train=...
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
-from typing import Iterable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script under the launcher
 
 import deepspeed  # noqa: E402
 
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig  # noqa: E402
-from trainer.config import deepspeed_json  # noqa: E402
 from trainer.batches.collate import Batch  # noqa: E402
+from trainer.config import deepspeed_json  # noqa: E402
 from trainer.config.schema import TrainConfig, load  # noqa: E402
-from trainer.distributed.world import world_from_env  # noqa: E402
 from trainer.distributed.process_group import process_group  # noqa: E402
+from trainer.distributed.world import world_from_env  # noqa: E402
 from trainer.evaluate.generation import dtype_of, move  # noqa: E402
 from trainer.models.loading import prepare_model  # noqa: E402
 from trainer.models.processor import load_processor  # noqa: E402
@@ -46,8 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, required=True, help="the trainer's YAML recipe")
     parser.add_argument("--steps", type=int, required=True, help="timed steps (one micro-batch each)")
     parser.add_argument("--out", type=Path, required=True, help="JSON with rank 0's step times")
-    parser.add_argument("--feed", choices=("precollated", "loader"), default="precollated",
-                        help="batches collated before the loop, or the trainer's ShardLoader (data.num_workers workers)")
+    parser.add_argument(
+        "--feed",
+        choices=("precollated", "loader"),
+        default="precollated",
+        help="batches collated before the loop, or the trainer's ShardLoader (data.num_workers workers)",
+    )
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for launch/train.py")
     return parser.parse_args(argv)
@@ -56,9 +61,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def trainer_stream(config: TrainConfig, rank: int, world_size: int) -> ShardStream:
     """This rank's stream of the training split, configured as `Trainer.make_loader` configures it."""
     data = config.data
-    return ShardStream(data.train, index=data.index or None, rank=rank, world_size=world_size,
-                       config=StreamConfig(batch_size=config.train.micro_batch_size, seed=config.train.seed,
-                                           shuffle=True, block_shards=data.block_shards, on_corrupt=data.on_corrupt))
+    return ShardStream(
+        data.train,
+        index=data.index or None,
+        rank=rank,
+        world_size=world_size,
+        config=StreamConfig(
+            batch_size=config.train.micro_batch_size,
+            seed=config.train.seed,
+            shuffle=True,
+            block_shards=data.block_shards,
+            on_corrupt=data.on_corrupt,
+        ),
+    )
 
 
 def precollated(stream: ShardStream, collator, steps: int) -> tuple[list[Batch], list[float]]:
@@ -101,8 +116,13 @@ def timed_steps(engine, batches: Iterable[Batch], steps: int) -> dict[str, list[
         backwarded = time.perf_counter()
         engine.step()
         end = time.perf_counter()
-        for phase, value in (("fetch", fetched - start), ("forward", forwarded - fetched),
-                             ("backward", backwarded - forwarded), ("step", end - backwarded), ("total", end - start)):
+        for phase, value in (
+            ("fetch", fetched - start),
+            ("forward", forwarded - fetched),
+            ("backward", backwarded - forwarded),
+            ("step", end - backwarded),
+            ("total", end - start),
+        ):
             seconds[phase].append(value)
         start = end
     return seconds
@@ -129,8 +149,17 @@ def run(args, config: TrainConfig, world, device) -> int:
     phases = timed_steps(engine, batches, args.steps)
     if world.is_main:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"feed": args.feed, "step_time_s": phases.pop("total"), "phases_s": phases,
-                                        "collate_s": collate_seconds}) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "feed": args.feed,
+                    "step_time_s": phases.pop("total"),
+                    "phases_s": phases,
+                    "collate_s": collate_seconds,
+                }
+            )
+            + "\n"
+        )
     return 0
 
 

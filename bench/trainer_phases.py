@@ -17,6 +17,7 @@ figures are for diagnosis, bench_train.py times the unmodified trainer.
 
     deepspeed --num_gpus 2 bench/trainer_phases.py --config configs/demo.yaml model.path=... data.train=...
 """
+
 from __future__ import annotations
 
 import json
@@ -62,6 +63,7 @@ class PhaseTrainer(trainer.train.trainer.Trainer):
                 return function(*args, **kwargs)
             finally:
                 self.current[phase] = self.current.get(phase, 0.0) + time.perf_counter() - start
+
         return wrapper
 
     def fit(self):

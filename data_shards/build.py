@@ -5,6 +5,7 @@ so memory stays flat on large datasets, and the split can be planned from the wh
 again when their shard is written, in parallel per shard. That doubles the decode work of a build,
 the price of not holding a dataset's images in memory or in a temporary copy.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,10 +13,11 @@ import json
 import multiprocessing
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -106,8 +108,9 @@ def split_samples(kept: list[CheckedSample], config: BuildConfig) -> dict[str, l
     return splits
 
 
-def write_split(name: str, members: list[CheckedSample], source: Source, config: BuildConfig,
-                header: dict[str, Any]) -> list[ShardInfo]:
+def write_split(
+    name: str, members: list[CheckedSample], source: Source, config: BuildConfig, header: dict[str, Any]
+) -> list[ShardInfo]:
     split_dir = config.out / name
     split_dir.mkdir(parents=True, exist_ok=True)
     ranges = plan_shards([m.num_bytes() for m in members], config.layout)
@@ -135,8 +138,12 @@ def index_header(source: Source, config: BuildConfig, kept: list[CheckedSample])
         "seed": config.seed,
         "source": {"format": source.format, "fingerprint": fingerprint(source, kept)},
         "options": {
-            "split": {"ratios": dict(config.split.ratios), "by": config.split.by,
-                      "folds": config.split.folds, "fold": config.split.fold},
+            "split": {
+                "ratios": dict(config.split.ratios),
+                "by": config.split.by,
+                "folds": config.split.folds,
+                "fold": config.split.fold,
+            },
             "max_pixels": config.policy.max_pixels,
             "max_side": config.policy.max_side,
             "jpeg_quality": config.policy.jpeg_quality,

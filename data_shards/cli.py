@@ -1,4 +1,5 @@
 """`python -m data_shards build|validate|inspect|synth`."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("input")
     group.add_argument("--input", type=Path, required=True, help="dataset file (JSON, JSONL, CSV) or folder")
     group.add_argument("--format", choices=sorted(READERS), help="source format (detected when omitted)")
-    group.add_argument("--image-root", type=Path, help="folder image paths are relative to (default: the input's folder)")
+    group.add_argument(
+        "--image-root", type=Path, help="folder image paths are relative to (default: the input's folder)"
+    )
     group.add_argument("--class-names", type=Path, help="classes: JSON {folder: name} or one name per line")
     group.add_argument("--class-question", default=SourceOptions.class_question, help="classes: the question asked")
     group.add_argument("--caption-prompt", default=SourceOptions.caption_prompt, help="captions/manifest: the prompt")
@@ -37,8 +40,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     checks.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject images with more pixels")
     checks.add_argument("--max-side", type=int, help="re-encode so the longest side is at most this (JPEG)")
     checks.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality when re-encoding")
-    checks.add_argument("--keep-duplicates", action="store_true",
-                        help="keep exact duplicate samples (same text and images) instead of rejecting them")
+    checks.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="keep exact duplicate samples (same text and images) instead of rejecting them",
+    )
     parser.add_argument("--workers", type=int, default=default_workers(), help="worker processes (0: in-process)")
     parser.add_argument("--seed", type=int, default=0, help="seed for splits")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -47,12 +53,18 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("splits and shards")
     group.add_argument("--split", default="train=1.0", help="NAME=FRACTION,... e.g. train=0.9,val=0.1")
-    group.add_argument("--split-by", choices=STRATEGIES, default="random",
-                       help="random; label (stratified); group (source groups); image (samples sharing an image)")
+    group.add_argument(
+        "--split-by",
+        choices=STRATEGIES,
+        default="random",
+        help="random; label (stratified); group (source groups); image (samples sharing an image)",
+    )
     group.add_argument("--folds", type=int, help="k-fold: number of folds (writes train/ and val/)")
     group.add_argument("--fold", type=int, help="k-fold: the held-out fold, 0-based")
     group.add_argument("--shard-samples", type=int, default=1000, help="samples per shard at most")
-    group.add_argument("--shard-bytes", type=byte_size, default=256 * 1024**2, help="bytes per shard at most (e.g. 512MB)")
+    group.add_argument(
+        "--shard-bytes", type=byte_size, default=256 * 1024**2, help="bytes per shard at most (e.g. 512MB)"
+    )
     group.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
@@ -118,11 +130,25 @@ def command_inspect(args: argparse.Namespace) -> int:
 def command_synth(args: argparse.Namespace) -> int:
     from data_shards.synthetic import make_dataset
 
-    dataset = make_dataset(args.format, args.out, n=args.n, seed=args.seed, image_size=args.image_size,
-                           defects=args.defects, task=args.task)
-    print(json.dumps({"format": dataset.format, "input": str(dataset.input),
-                      "image_root": str(dataset.image_root) if dataset.image_root else None,
-                      "records": dataset.num_records}))
+    dataset = make_dataset(
+        args.format,
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        image_size=args.image_size,
+        defects=args.defects,
+        task=args.task,
+    )
+    print(
+        json.dumps(
+            {
+                "format": dataset.format,
+                "input": str(dataset.input),
+                "image_root": str(dataset.image_root) if dataset.image_root else None,
+                "records": dataset.num_records,
+            }
+        )
+    )
     return 0
 
 
@@ -136,7 +162,9 @@ def parser() -> argparse.ArgumentParser:
     build_parser.set_defaults(run=command_build)
     validate_parser = commands.add_parser("validate", help="check a dataset and write the report only")
     add_input_arguments(validate_parser)
-    validate_parser.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md, rejects.jsonl")
+    validate_parser.add_argument(
+        "--out", type=Path, required=True, help="folder for report.json, report.md, rejects.jsonl"
+    )
     validate_parser.set_defaults(run=command_validate)
     inspect_parser = commands.add_parser("inspect", help="counts and a few samples of built shards")
     inspect_parser.add_argument("path", type=Path, help="a build output folder or one split folder")

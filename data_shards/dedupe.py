@@ -9,10 +9,12 @@ by an id in the input spelt that way). Keys are a function of the input alone, n
 count. Shard members are named by position (`{n}.json`), so a key may hold any character; the suffix
 adds no '.' or '/', so a derived key stays a valid WebDataset key wherever an id was one.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any
 
 from data_shards.records import Reject
 from data_shards.validate import CheckedSample

@@ -5,6 +5,7 @@ Clean RGB JPEG/PNG/WebP files pass through byte for byte. Anything merely unusua
 than rejected, and the change is named so the report can count it. Broken files raise
 `ImageRejected` with a reason code.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -87,14 +88,18 @@ def open_checked(raw: bytes, path: Path, policy: ImagePolicy) -> Image.Image:
             image = Image.open(io.BytesIO(raw))
             pixels = image.width * image.height
             if pixels > policy.max_pixels:
-                raise ImageRejected("image_too_large", f"{path} has {image.width}x{image.height} pixels > {policy.max_pixels}")
+                raise ImageRejected(
+                    "image_too_large", f"{path} has {image.width}x{image.height} pixels > {policy.max_pixels}"
+                )
             image.load()
     except ImageRejected:
         raise
     except Image.DecompressionBombError as error:
         raise ImageRejected("image_too_large", f"{path}: {error}") from None
     except OSError as error:
-        reason = "truncated_image" if "truncated" in str(error) or "broken data stream" in str(error) else "unreadable_image"
+        reason = (
+            "truncated_image" if "truncated" in str(error) or "broken data stream" in str(error) else "unreadable_image"
+        )
         raise ImageRejected(reason, f"{path}: {error}") from None
     except (ValueError, SyntaxError) as error:
         raise ImageRejected("unreadable_image", f"{path}: {error}") from None

@@ -2,6 +2,7 @@
 
 Shared by the writer (`data_shards.write`) and the readers (`data_shards.stream`, `data_shards.inspect`).
 """
+
 from __future__ import annotations
 
 import json

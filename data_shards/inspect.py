@@ -1,4 +1,5 @@
 """`inspect`: counts per split, a few samples, and optionally a contact-sheet PNG of the first images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,7 +24,9 @@ def split_dirs(path: Path) -> list[Path]:
 
 
 def first_samples(split_dir: Path, count: int) -> list[Sample]:
-    stream = ShardStream(split_dir, config=StreamConfig(shuffle=False, decode=False, on_corrupt="fail"), rank=0, world_size=1)
+    stream = ShardStream(
+        split_dir, config=StreamConfig(shuffle=False, decode=False, on_corrupt="fail"), rank=0, world_size=1
+    )
     samples = []
     for sample in stream:
         if len(samples) >= count:
@@ -42,8 +45,10 @@ def inspect_shards(path: Path, samples: int = 3, contact_sheet: Path | None = No
     lines, shown = [], []
     for split_dir in split_dirs(path):
         index = load_index(split_dir / INDEX_NAME)
-        lines.append(f"{split_dir.name}: {index['num_samples']} samples, {len(index['shards'])} shards, "
-                     f"{index['num_bytes'] / 1e6:.1f} MB, source {index['source']['format']}")
+        lines.append(
+            f"{split_dir.name}: {index['num_samples']} samples, {len(index['shards'])} shards, "
+            f"{index['num_bytes'] / 1e6:.1f} MB, source {index['source']['format']}"
+        )
         head = first_samples(split_dir, max(samples, 16 if contact_sheet else 0))
         lines += [describe(sample) for sample in head[:samples]]
         shown += head
@@ -54,7 +59,11 @@ def inspect_shards(path: Path, samples: int = 3, contact_sheet: Path | None = No
 
 
 def write_contact_sheet(samples: list[Sample], path: Path, columns: int = 8) -> None:
-    tiles = [(image.decode(), sample.answers()[0] if sample.answers() else "") for sample in samples for image in sample.images]
+    tiles = [
+        (image.decode(), sample.answers()[0] if sample.answers() else "")
+        for sample in samples
+        for image in sample.images
+    ]
     tiles = tiles[:64] or [(Image.new("RGB", (THUMB, THUMB), "white"), "no images")]
     rows = -(-len(tiles) // columns)
     sheet = Image.new("RGB", (columns * THUMB, rows * (THUMB + CAPTION_HEIGHT)), "white")

@@ -11,6 +11,7 @@ Within a rank, local item j goes to DataLoader worker (j // batch_size) % num_wo
 DataLoader collects batches from workers round-robin, so the rank's batches come out in exactly
 the rank's local order whatever the worker count.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ def epoch_order(counts: list[int], seed: int, epoch: int, shuffle: bool, block_s
     shard_order = np.random.default_rng([seed, epoch]).permutation(len(counts)) if shuffle else np.arange(len(counts))
     shards, samples, blocks = [], [], []
     for block, start in enumerate(range(0, len(shard_order), block_shards)):
-        members = shard_order[start:start + block_shards]
+        members = shard_order[start : start + block_shards]
         shard_ids = np.concatenate([np.full(counts[s], s) for s in members]) if len(members) else np.empty(0, int)
         sample_ids = np.concatenate([np.arange(counts[s]) for s in members]) if len(members) else np.empty(0, int)
         if shuffle:

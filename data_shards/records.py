@@ -1,4 +1,5 @@
 """What source readers produce: raw samples (images still as paths) and rejects with reason codes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -3,6 +3,7 @@
 Unusual-but-valid properties (shared images, an image used twice in one sample, normalised
 colour modes, non-ASCII text, ids repeated with different content) are statistics here, never rejections.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,15 @@ class ReconciliationError(AssertionError):
     pass
 
 
-def build_report(read: int, kept: list[CheckedSample], rejects: list[Reject],
-                 splits: dict[str, list[CheckedSample]], shards: dict[str, list[ShardInfo]],
-                 header: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
+def build_report(
+    read: int,
+    kept: list[CheckedSample],
+    rejects: list[Reject],
+    splits: dict[str, list[CheckedSample]],
+    shards: dict[str, list[ShardInfo]],
+    header: dict[str, Any],
+    keys: dict[str, Any],
+) -> dict[str, Any]:
     """`keys`: `Deduped.summary()` (repeated ids renamed, exact duplicates kept)."""
     report = {
         "read": read,
@@ -42,7 +49,9 @@ def build_report(read: int, kept: list[CheckedSample], rejects: list[Reject],
 
 def check_reconciled(report: dict[str, Any], splits: dict, shards: dict) -> None:
     if report["read"] != report["written"] + report["rejected"]:
-        raise ReconciliationError(f"read {report['read']} != written {report['written']} + rejected {report['rejected']}")
+        raise ReconciliationError(
+            f"read {report['read']} != written {report['written']} + rejected {report['rejected']}"
+        )
     keys = [m.raw.key for members in splits.values() for m in members]
     if len(set(keys)) != len(keys):
         raise ReconciliationError(f"{len(keys) - len(set(keys))} written samples share a key")
@@ -50,7 +59,9 @@ def check_reconciled(report: dict[str, Any], splits: dict, shards: dict) -> None
         raise ReconciliationError(f"splits hold {len(keys)} samples, expected {report['written']}")
     for name, infos in shards.items():
         if sum(info.samples for info in infos) != len(splits[name]):
-            raise ReconciliationError(f"split {name}: shards hold {sum(i.samples for i in infos)} of {len(splits[name])}")
+            raise ReconciliationError(
+                f"split {name}: shards hold {sum(i.samples for i in infos)} of {len(splits[name])}"
+            )
 
 
 def split_summary(splits: dict[str, list[CheckedSample]], shards: dict[str, list[ShardInfo]]) -> dict[str, Any]:
@@ -144,25 +155,37 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["## Statistics", ""]
     stats = report["stats"]
     if stats["classes"]:
-        lines.append(f"- classes: {len(stats['classes'])}, imbalance ratio (largest/smallest) {stats['imbalance_ratio']:.2f}")
+        lines.append(
+            f"- classes: {len(stats['classes'])}, imbalance ratio (largest/smallest) {stats['imbalance_ratio']:.2f}"
+        )
     images = stats["images"]
-    lines.append(f"- images: {images['references']} references to {images['distinct']} distinct images; "
-                 f"{images['shared_by_several_samples']} shared by several samples "
-                 f"(at most {images['max_samples_per_image']}); {images['samples_repeating_an_image']} samples use an image twice")
+    lines.append(
+        f"- images: {images['references']} references to {images['distinct']} distinct images; "
+        f"{images['shared_by_several_samples']} shared by several samples "
+        f"(at most {images['max_samples_per_image']}); "
+        f"{images['samples_repeating_an_image']} samples use an image twice"
+    )
     if images["normalised"]:
         lines.append("- normalised (kept): " + ", ".join(f"{k} {v}" for k, v in images["normalised"].items()))
     text = stats["text"]
-    lines.append(f"- text: {text['text_only_samples']} text-only samples, {text['non_ascii_samples']} with non-ASCII text")
+    lines.append(
+        f"- text: {text['text_only_samples']} text-only samples, {text['non_ascii_samples']} with non-ASCII text"
+    )
     if images["width"]:
-        lines.append(f"- image width median {images['width']['median']:.0f} (max {images['width']['max']:.0f}), "
-                     f"height median {images['height']['median']:.0f} (max {images['height']['max']:.0f})")
+        lines.append(
+            f"- image width median {images['width']['median']:.0f} (max {images['width']['max']:.0f}), "
+            f"height median {images['height']['median']:.0f} (max {images['height']['max']:.0f})"
+        )
     return "\n".join(lines) + "\n"
 
 
 def key_lines(report: dict[str, Any]) -> list[str]:
     """Repeated ids kept under derived keys, and exact duplicates kept by `--keep-duplicates`."""
     renamed = report["renamed_keys"]
-    lines = [f"Samples repeating an earlier id, written under derived keys: {renamed['count']} "
-             f"({renamed['repeated_ids']} ids). Exact duplicates kept: {report['kept_duplicates']}.", ""]
+    lines = [
+        f"Samples repeating an earlier id, written under derived keys: {renamed['count']} "
+        f"({renamed['repeated_ids']} ids). Exact duplicates kept: {report['kept_duplicates']}.",
+        "",
+    ]
     lines += [f"- `{e['id']}` → `{e['key']}` ({e['origin']})" for e in renamed["examples"]]
     return ["## Keys", "", *lines, ""]

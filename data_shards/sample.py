@@ -4,6 +4,7 @@ A `Sample` holds encoded images (in conversation order) and the conversation tur
 marks each image with an `<image>` placeholder. In a shard it is stored as WebDataset members
 `{tar_key}.json` and `{tar_key}.{i}.{ext}`; the schema version travels in the JSON.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -5,11 +5,12 @@ fold k becomes `val` and the rest `train`. Group-aware splits keep every group (
 a source image) inside one part: with `by="image"`, samples sharing any image form one group, so
 LLaVA conversations about the same COCO image never straddle train and val.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class SplitSpec:
     fold: int | None = None
 
     @classmethod
-    def parse(cls, text: str, by: str = "random", folds: int | None = None, fold: int | None = None) -> "SplitSpec":
+    def parse(cls, text: str, by: str = "random", folds: int | None = None, fold: int | None = None) -> SplitSpec:
         ratios = []
         for part in text.split(","):
             name, _, value = part.partition("=")
@@ -47,7 +48,9 @@ class SplitSpec:
             raise SplitError(f"split strategy {self.by!r} is not one of {STRATEGIES}")
         if self.folds is not None:
             if self.folds < 2 or self.fold is None or not 0 <= self.fold < self.folds:
-                raise SplitError(f"k-fold needs folds >= 2 and 0 <= fold < folds, got folds={self.folds} fold={self.fold}")
+                raise SplitError(
+                    f"k-fold needs folds >= 2 and 0 <= fold < folds, got folds={self.folds} fold={self.fold}"
+                )
             return
         names = [name for name, _ in self.ratios]
         if len(set(names)) != len(names) or not all(name.isidentifier() for name in names):
@@ -66,7 +69,9 @@ def assign_splits(labels: Sequence[str | None], groups: Sequence[str], spec: Spl
     return [names[part] for part in parts]
 
 
-def partition(labels: Sequence[str | None], groups: Sequence[str], weights: list[float], by: str, seed: int) -> list[int]:
+def partition(
+    labels: Sequence[str | None], groups: Sequence[str], weights: list[float], by: str, seed: int
+) -> list[int]:
     rng = np.random.default_rng(seed)
     if by == "label":
         return stratified(labels, weights, rng)
@@ -88,7 +93,7 @@ def cut(order: np.ndarray, weights: list[float], total: int) -> list[int]:
     parts = [0] * total
     start = 0
     for part, count in enumerate(quotas(len(order), weights)):
-        for item in order[start:start + count]:
+        for item in order[start : start + count]:
             parts[item] = part
         start += count
     return parts

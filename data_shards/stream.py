@@ -9,6 +9,7 @@ seek: a worker reads each shard of a block it needs front to back and keeps its 
 so each shard is transferred once per worker per rank that touches it (up to ranks × workers
 times per epoch). Prefer a node-local copy for large runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,10 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,14 +59,19 @@ class Skipped:
     reason: str
 
 
-def resolve_shards(source: str | os.PathLike | Sequence[str], index: str | os.PathLike | None) -> tuple[dict, list[Shard]]:
+def resolve_shards(
+    source: str | os.PathLike | Sequence[str], index: str | os.PathLike | None
+) -> tuple[dict, list[Shard]]:
     """Shards of a split from a folder, a brace pattern, a list of URLs, or `pipe:` commands."""
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         index_doc = load_index(Path(source) / INDEX_NAME)
         urls = [str(Path(source) / shard["name"]) for shard in index_doc["shards"]]
     else:
-        urls = [url for pattern in ([source] if isinstance(source, (str, os.PathLike)) else source)
-                for url in braceexpand(str(pattern))]
+        urls = [
+            url
+            for pattern in ([source] if isinstance(source, (str, os.PathLike)) else source)
+            for url in braceexpand(str(pattern))
+        ]
         index_doc = read_index(index if index is not None else default_index(urls))
     entries = {shard["name"]: shard for shard in index_doc["shards"]}
     shards = []
@@ -137,8 +144,15 @@ class StreamConfig:
 class ShardStream(IterableDataset):
     """One split, as this rank's slice of the epoch's global order, from the current position."""
 
-    def __init__(self, source, *, index=None, config: StreamConfig | None = None,
-                 rank: int | None = None, world_size: int | None = None):
+    def __init__(
+        self,
+        source,
+        *,
+        index=None,
+        config: StreamConfig | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         super().__init__()
         self.config = config or StreamConfig()
         self.rank, self.world_size = resolve_rank(rank, world_size)
@@ -198,7 +212,7 @@ def chunks_by_block(positions: np.ndarray, blocks: np.ndarray) -> Iterator[np.nd
     breaks = np.flatnonzero(np.diff(block_of)) + 1
     for run in np.split(positions, breaks):
         for start in range(0, len(run), CHUNK_ITEMS):
-            yield run[start:start + CHUNK_ITEMS]
+            yield run[start : start + CHUNK_ITEMS]
 
 
 @dataclass
@@ -224,12 +238,12 @@ class ShardReader:
         try:
             return self.scan_pipe(shard, wanted) if shard.is_pipe else self.seek_local(shard_id, wanted)
         except (CorruptShardError, OSError, subprocess.SubprocessError) as error:
-            return {sample: error for sample in wanted}
+            return dict.fromkeys(wanted, error)
 
     def seek_local(self, shard_id: int, wanted: list[int]) -> dict[int, dict[str, bytes] | Exception]:
         shard = self.shards[shard_id]
         if shard_id not in self.handles:
-            self.handles[shard_id] = open(shard.url, "rb")
+            self.handles[shard_id] = open(shard.url, "rb")  # noqa: SIM115 -- kept open across reads until close()
         handle, found = self.handles[shard_id], {}
         for sample in wanted:
             start, end = shard.offsets[sample], shard.offsets[sample + 1]
@@ -251,7 +265,7 @@ class ShardReader:
                 if len(found) == len(targets):
                     break
         except CorruptShardError as error:
-            found.update({sample: error for sample in targets - found.keys()})
+            found.update(dict.fromkeys(targets - found.keys(), error))
         finally:
             process.stdout.close()
             process.kill()
@@ -302,8 +316,14 @@ def ignore_stop_signals(_worker_id: int) -> None:
 class ShardLoader:
     """The trainer's view: batches for the current epoch, and a position it can save and restore."""
 
-    def __init__(self, stream: ShardStream, num_workers: int = 0, collate_fn=None, prefetch_factor: int = 2,
-                 pin_memory: bool = False):
+    def __init__(
+        self,
+        stream: ShardStream,
+        num_workers: int = 0,
+        collate_fn=None,
+        prefetch_factor: int = 2,
+        pin_memory: bool = False,
+    ):
         self.stream = stream
         self.num_workers = num_workers
         self.collate_fn = collate_fn

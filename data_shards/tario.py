@@ -3,9 +3,11 @@
 Each header's checksum is verified, so a damaged shard is reported as such instead of yielding
 garbage.
 """
+
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 BLOCK = 512
 
@@ -44,11 +46,11 @@ def members_in_range(blob: bytes, where: str) -> dict[str, bytes]:
     """Members (suffix → bytes) of one sample, from the bytes between its offsets in the index."""
     members, offset = {}, 0
     while offset < len(blob):
-        parsed = parse_header(blob[offset:offset + BLOCK], where)
+        parsed = parse_header(blob[offset : offset + BLOCK], where)
         if parsed is None:
             break
         name, size = parsed
-        data = blob[offset + BLOCK: offset + BLOCK + size]
+        data = blob[offset + BLOCK : offset + BLOCK + size]
         if len(data) != size:
             raise CorruptShardError(f"{where}: member {name} is truncated")
         members[split_name(name)[1]] = data

@@ -3,6 +3,7 @@
 Everything here is a pure function of one raw sample so it can run in worker processes.
 Duplicate detection and unique keys need the whole dataset and live in `data_shards.dedupe`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,7 +52,9 @@ class CheckedSample:
 def structure_reject(raw: RawSample) -> Reject | None:
     answers = [turn.text for turn in raw.turns if turn.role == "assistant"]
     if not answers or any(not answer.strip() for answer in answers):
-        return Reject(raw.key, "empty_answer", "no assistant turn" if not answers else "an assistant turn is empty", raw.origin)
+        return Reject(
+            raw.key, "empty_answer", "no assistant turn" if not answers else "an assistant turn is empty", raw.origin
+        )
     placeholders = sum(turn.text.count(IMAGE_TOKEN) for turn in raw.turns)
     if placeholders != len(raw.image_refs):
         detail = f"{placeholders} {IMAGE_TOKEN} placeholders for {len(raw.image_refs)} images"

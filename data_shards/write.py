@@ -5,15 +5,17 @@ depends only on its own samples, so the same input and seed give byte-identical 
 the number of worker processes. A shard is written to `*.tmp` and renamed when complete; the index
 is written last, so an interrupted build never lists a half shard.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import os
 import tarfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from data_shards.index import save_index
 from data_shards.sample import SCHEMA_VERSION, Sample, to_members

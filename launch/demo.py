@@ -1,4 +1,5 @@
 """The demo (`make demo`): synthetic data → shards → LoRA on a tiny LLaVA, 2 CPU ranks, ZeRO-2."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,7 @@
-"""Evaluate: `python launch/evaluate.py --checkpoint RUN --shards shards/val --out EVAL` (torchrun shards it; see --help)."""
+"""Evaluate: `python launch/evaluate.py --checkpoint RUN --shards shards/val --out EVAL` (see --help).
+
+Under torchrun every rank evaluates a slice of the split."""
+
 import sys
 from pathlib import Path
 

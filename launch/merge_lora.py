@@ -1,4 +1,5 @@
 """Export a checkpoint as a standalone model: `python launch/merge_lora.py --checkpoint RUN --out OUT` (see --help)."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Predict: `python launch/predict.py --checkpoint RUN --image x.jpg --prompt "..." [--choices A,B,C]` (see --help)."""
+
 import sys
 from pathlib import Path
 

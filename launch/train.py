@@ -1,4 +1,5 @@
 """Train: `deepspeed launch/train.py --config configs/demo.yaml [section.key=value ...]` (see --help)."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """The `python -m slurm.submit` command: parse the options, build the plan, then print it or submit it."""
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,9 @@ submitting with one message naming every bad option.
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m slurm.submit", description=DESCRIPTION,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(
+        prog="python -m slurm.submit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     root.add_argument("--config", type=Path, required=True, help="YAML recipe (see configs/)")
     root.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
     root.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node = tasks per node (0: a CPU job)")
@@ -89,17 +91,28 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--job-name", default="shardtune", help="SLURM job name")
     root.add_argument("--array-folds", type=int, help="k-fold: one array element per fold (see --fold-root)")
     root.add_argument("--fold-root", help="folder holding fold{k}/train and fold{k}/val (default: data.train's parent)")
-    root.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
-                      help="hyperparameter grid: one array element per combination; takes every KEY=... word "
-                           "after it, so write plain overrides before --grid")
+    root.add_argument(
+        "--grid",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="hyperparameter grid: one array element per combination; takes every KEY=... word "
+        "after it, so write plain overrides before --grid",
+    )
     root.add_argument("--array-parallelism", type=int, default=64, help="array elements running at once")
     root.add_argument("--max-requeues", type=int, default=3, help="restarts after preemption or time limit (default 3)")
-    root.add_argument("--signal-delay-s", type=int, default=120,
-                      help="SIGUSR2 this many seconds before the time limit, to checkpoint and requeue")
+    root.add_argument(
+        "--signal-delay-s",
+        type=int,
+        default=120,
+        help="SIGUSR2 this many seconds before the time limit, to checkpoint and requeue",
+    )
     root.add_argument("--setup", action="append", default=[], help="shell line run before srun (e.g. module load)")
     root.add_argument("--log-dir", type=Path, help="submitit's folder (default {output_dir}/slurm)")
-    root.add_argument("--dry-run", action="store_true",
-                      help="print the batch script and resolved config; submit nothing")
+    root.add_argument(
+        "--dry-run", action="store_true", help="print the batch script and resolved config; submit nothing"
+    )
     root.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
     root.add_argument("overrides", nargs="*", help="section.key=value training overrides, e.g. optimizer.lr=2e-5")
     return root
@@ -119,8 +132,9 @@ def print_dry_run(plan: Plan) -> None:
     print(f"# batch script ({len(plan.runs)} run(s); submitit's folder {plan.log_dir})")
     print(batch_script(plan))
     for run, resolved in zip(plan.runs, plan.resolved):
-        print(f"# run {run.name or '(single)'}: {run.output_dir}\n"
-              f"# overrides: {' '.join(redacted(run.overrides)) or '-'}")
+        print(
+            f"# run {run.name or '(single)'}: {run.output_dir}\n# overrides: {' '.join(redacted(run.overrides)) or '-'}"
+        )
         print(json.dumps(resolved, indent=1))
 
 

@@ -1,4 +1,5 @@
 """Submitting a plan through submitit's SlurmExecutor (one sbatch), then waiting for and describing its jobs."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """The callable submitit runs in every SLURM task: one training run, requeued (with itself) on preemption."""
+
 from __future__ import annotations
 
 import json
@@ -41,28 +42,42 @@ class TrainingRun(submitit.helpers.Checkpointable):
         run = RunFolder(Path(self.output_dir))
         resumed_from = run.latest_tag()
         code = cli.main(self.argv())
-        result = {"rank": rank, "output_dir": self.output_dir, "restarts": restarts(), "resumed_from": resumed_from,
-                  "job_id": slurm_job_id(), "exit_code": code}
+        result = {
+            "rank": rank,
+            "output_dir": self.output_dir,
+            "restarts": restarts(),
+            "resumed_from": resumed_from,
+            "job_id": slurm_job_id(),
+            "exit_code": code,
+        }
         if code == 0:
             if rank == 0:
                 result["summary"] = json.loads(run.summary.read_text())
             return result
         ending = job_ending()
         if ending:  # SLURM is requeueing/cancelling us: whatever broke, the job is not over; write no result
-            print(f"[rank {rank}] training stopped with code {code} while the job is ending ({ending}); "
-                  "leaving without a result", file=sys.stderr, flush=True)
+            print(
+                f"[rank {rank}] training stopped with code {code} while the job is ending ({ending}); "
+                "leaving without a result",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(code)
         if code == PREEMPTED_EXIT_CODE:
             self.requeue(rank)
-        raise TrainingFailed(f"rank {rank}: training exited with code {code} (1: failed, 2: bad config); "
-                             f"see this task's stderr log")
+        raise TrainingFailed(
+            f"rank {rank}: training exited with code {code} (1: failed, 2: bad config); see this task's stderr log"
+        )
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
         """submitit calls this on rank 0 when the job is preempted or times out: requeue the same call."""
         done = restarts()
         if done >= self.max_requeues:
-            print(f"not requeuing: {done} restarts already (--max-requeues {self.max_requeues})", file=sys.stderr,
-                  flush=True)
+            print(
+                f"not requeuing: {done} restarts already (--max-requeues {self.max_requeues})",
+                file=sys.stderr,
+                flush=True,
+            )
             return None
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
@@ -70,11 +85,16 @@ class TrainingRun(submitit.helpers.Checkpointable):
         """The trainer stopped on a signal submitit did not act on (SIGTERM): rank 0 requeues, all exit."""
         if rank == 0:
             if self.checkpoint() is None:
-                raise TrainingFailed(f"preempted after {restarts()} restarts; --max-requeues {self.max_requeues} "
-                                     f"reached, not requeued (resume by submitting again)")
+                raise TrainingFailed(
+                    f"preempted after {restarts()} restarts; --max-requeues {self.max_requeues} "
+                    f"reached, not requeued (resume by submitting again)"
+                )
             done = subprocess.run(["scontrol", "requeue", slurm_job_id()], capture_output=True, text=True, timeout=60)
-            print(f"preempted: scontrol requeue {slurm_job_id()} → {done.returncode} {done.stderr.strip()}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"preempted: scontrol requeue {slurm_job_id()} → {done.returncode} {done.stderr.strip()}",
+                file=sys.stderr,
+                flush=True,
+            )
         # Leave without a result file: the job is not over, the requeued one will write it.
         sys.exit(PREEMPTED_EXIT_CODE)
 
@@ -88,8 +108,9 @@ def slurm_job_id() -> str:
 def job_ending() -> str:
     """Why SLURM is ending this job ('' while it runs normally): a requeue shows as COMPLETING, Restarts+1."""
     try:
-        done = subprocess.run(["scontrol", "show", "job", "-o", slurm_job_id()], capture_output=True, text=True,
-                              timeout=30)
+        done = subprocess.run(
+            ["scontrol", "show", "job", "-o", slurm_job_id()], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     state = re.search(r"\bJobState=(\S+)", done.stdout)

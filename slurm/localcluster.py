@@ -23,9 +23,11 @@ pids in its pid files (checked against their command lines).
 From Python: `LocalCluster(path).start()` returns the environment to add (`{"SLURM_CONF": ...}`) and
 raises `ClusterError` with the reason when SLURM cannot run here.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -93,20 +95,28 @@ class LocalCluster:
         if self.accounting:
             self.start_accounting()
         self.spawn("slurmctld", ["slurmctld", "-f", str(self.conf)])
-        self.wait(lambda: self.query(["scontrol", "ping"]).returncode == 0, "slurmctld answering `scontrol ping`",
-                  "slurmctld")
+        self.wait(
+            lambda: self.query(["scontrol", "ping"]).returncode == 0, "slurmctld answering `scontrol ping`", "slurmctld"
+        )
         self.spawn("slurmd", ["slurmd", "-f", str(self.conf), "-N", self.node_name])
         self.wait(lambda: self.node_state() == "idle", f"node {self.node_name} idle in `sinfo`", "slurmd")
-        print(f"local SLURM up in {time.monotonic() - started:.1f} s ({'with' if self.accounting else 'without'} "
-              f"accounting): export SLURM_CONF={self.conf}", file=sys.stderr)
+        print(
+            f"local SLURM up in {time.monotonic() - started:.1f} s ({'with' if self.accounting else 'without'} "
+            f"accounting): export SLURM_CONF={self.conf}",
+            file=sys.stderr,
+        )
         return self.env
 
     def status(self) -> dict:
         expected = [d.name for d in self.daemons()]
         running = self.running()
-        return {"dir": str(self.dir), "daemons": {name: name in running for name in expected},
-                "node": self.node_state() if "slurmctld" in running else "down",
-                "SLURM_CONF": str(self.conf), "accounting": self.accounting}
+        return {
+            "dir": str(self.dir),
+            "daemons": {name: name in running for name in expected},
+            "node": self.node_state() if "slurmctld" in running else "down",
+            "SLURM_CONF": str(self.conf),
+            "accounting": self.accounting,
+        }
 
     def stop(self, quiet: bool = False) -> list[str]:
         """Cancel our jobs, then stop the daemons this folder started (by pid file), newest first."""
@@ -117,7 +127,10 @@ class LocalCluster:
             while time.monotonic() < deadline and self.query(["squeue", "-h"]).stdout.strip():
                 time.sleep(0.5)
         daemons = {d.name: d for d in self.daemons(every=True)}
-        for wave in (("slurmd", "slurmctld", "slurmdbd"), ("mariadbd", "munged")):  # munge last: slurm uses it to the end
+        for wave in (
+            ("slurmd", "slurmctld", "slurmdbd"),
+            ("mariadbd", "munged"),
+        ):  # munge last: slurm uses it to the end
             pids = {name: self.pid_of(daemons[name]) for name in wave}
             pids = {name: pid for name, pid in pids.items() if pid is not None}
             for pid in pids.values():
@@ -145,8 +158,10 @@ class LocalCluster:
         if not install:
             raise ClusterError(f"SLURM programs missing: {', '.join(missing)} (install {' '.join(packages)})")
         if os.geteuid() != 0 or not shutil.which("apt-get"):
-            raise ClusterError(f"SLURM programs missing ({', '.join(missing)}) and cannot apt-get install "
-                               f"{' '.join(packages)} (needs root and apt-get)")
+            raise ClusterError(
+                f"SLURM programs missing ({', '.join(missing)}) and cannot apt-get install "
+                f"{' '.join(packages)} (needs root and apt-get)"
+            )
         install_packages(packages, self.timeout + 300)
         still = [p for p in programs if not which(p)]
         if still:
@@ -167,7 +182,15 @@ class LocalCluster:
         return ports
 
     def write_files(self) -> None:
-        for folder in (self.dir, self.etc, self.run, self.log, self.dir / "state", self.dir / "spool", self.dir / "munge"):
+        for folder in (
+            self.dir,
+            self.etc,
+            self.run,
+            self.log,
+            self.dir / "state",
+            self.dir / "spool",
+            self.dir / "munge",
+        ):
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o700)
         ports = self.ports()
@@ -214,22 +237,27 @@ class LocalCluster:
         self.conf.write_text("\n".join(lines) + "\n")
         if self.accounting:
             dbd = self.etc / "slurmdbd.conf"
-            dbd.write_text("\n".join([
-                "AuthType=auth/munge",
-                f"AuthInfo=socket={self.munge_socket}",
-                "DbdHost=localhost",
-                "DbdAddr=127.0.0.1",
-                f"DbdPort={ports['slurmdbd']}",
-                "SlurmUser=root",
-                f"PidFile={self.run / 'slurmdbd.pid'}",
-                f"LogFile={self.log / 'slurmdbd.log'}",
-                "StorageType=accounting_storage/mysql",
-                "StorageHost=127.0.0.1",
-                f"StoragePort={ports['mariadb']}",
-                f"StorageUser={DB_USER}",
-                f"StoragePass={DB_PASSWORD}",
-                f"StorageLoc={DB_NAME}",
-            ]) + "\n")
+            dbd.write_text(
+                "\n".join(
+                    [
+                        "AuthType=auth/munge",
+                        f"AuthInfo=socket={self.munge_socket}",
+                        "DbdHost=localhost",
+                        "DbdAddr=127.0.0.1",
+                        f"DbdPort={ports['slurmdbd']}",
+                        "SlurmUser=root",
+                        f"PidFile={self.run / 'slurmdbd.pid'}",
+                        f"LogFile={self.log / 'slurmdbd.log'}",
+                        "StorageType=accounting_storage/mysql",
+                        "StorageHost=127.0.0.1",
+                        f"StoragePort={ports['mariadb']}",
+                        f"StorageUser={DB_USER}",
+                        f"StoragePass={DB_PASSWORD}",
+                        f"StorageLoc={DB_NAME}",
+                    ]
+                )
+                + "\n"
+            )
             dbd.chmod(0o600)
 
     # ---- daemons ------------------------------------------------------------------------------
@@ -238,30 +266,64 @@ class LocalCluster:
         if not key.exists():
             key.write_bytes(os.urandom(128))
         key.chmod(0o400)
-        self.spawn("munged", ["munged", "--force", f"--socket={self.munge_socket}", f"--key-file={key}",
-                              f"--pid-file={self.run / 'munged.pid'}", f"--log-file={self.log / 'munged.log'}",
-                              f"--seed-file={self.dir / 'munge' / 'munged.seed'}"])
+        self.spawn(
+            "munged",
+            [
+                "munged",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={self.run / 'munged.pid'}",
+                f"--log-file={self.log / 'munged.log'}",
+                f"--seed-file={self.dir / 'munge' / 'munged.seed'}",
+            ],
+        )
         self.wait(lambda: self.munge_socket.exists(), "munged's socket", "munged")
 
     def start_accounting(self) -> None:
         ports = self.ports()
         datadir = self.dir / "mariadb"
         if not (datadir / "mysql").exists():
-            done = run_quiet(["mariadb-install-db", f"--datadir={datadir}", "--user=root",
-                              "--auth-root-authentication-method=socket", "--skip-test-db"], self.timeout)
+            done = run_quiet(
+                [
+                    "mariadb-install-db",
+                    f"--datadir={datadir}",
+                    "--user=root",
+                    "--auth-root-authentication-method=socket",
+                    "--skip-test-db",
+                ],
+                self.timeout,
+            )
             if done.returncode:
                 raise ClusterError(f"mariadb-install-db failed:\n{tail(done.stdout + done.stderr)}")
         # mariadbd does not daemonise itself: it runs in the background, detached from us.
-        self.spawn("mariadbd", ["mariadbd", "--no-defaults", f"--datadir={datadir}", "--user=root",
-                                f"--socket={self.db_socket}", f"--port={ports['mariadb']}", "--bind-address=127.0.0.1",
-                                f"--pid-file={self.run / 'mariadbd.pid'}", f"--log-error={self.log / 'mariadbd.log'}",
-                                "--skip-log-bin", "--innodb-buffer-pool-size=32M"], detach=True)
+        self.spawn(
+            "mariadbd",
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={datadir}",
+                "--user=root",
+                f"--socket={self.db_socket}",
+                f"--port={ports['mariadb']}",
+                "--bind-address=127.0.0.1",
+                f"--pid-file={self.run / 'mariadbd.pid'}",
+                f"--log-error={self.log / 'mariadbd.log'}",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+            ],
+            detach=True,
+        )
         sql = ["mariadb", "--no-defaults", f"--socket={self.db_socket}", "-u", "root", "-e"]
-        self.wait(lambda: run_quiet(sql + ["SELECT 1"], 10).returncode == 0, "mariadbd accepting connections", "mariadbd")
-        grant = (f"CREATE USER IF NOT EXISTS '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}';"
-                 f"CREATE USER IF NOT EXISTS '{DB_USER}'@'localhost' IDENTIFIED BY '{DB_PASSWORD}';"
-                 f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'127.0.0.1';"
-                 f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'localhost';")
+        self.wait(
+            lambda: run_quiet(sql + ["SELECT 1"], 10).returncode == 0, "mariadbd accepting connections", "mariadbd"
+        )
+        grant = (
+            f"CREATE USER IF NOT EXISTS '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}';"
+            f"CREATE USER IF NOT EXISTS '{DB_USER}'@'localhost' IDENTIFIED BY '{DB_PASSWORD}';"
+            f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'127.0.0.1';"
+            f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'localhost';"
+        )
         done = run_quiet(sql + [grant], 30)
         if done.returncode:
             raise ClusterError(f"could not create the slurm database user:\n{tail(done.stdout + done.stderr)}")
@@ -277,8 +339,15 @@ class LocalCluster:
         environment = {**os.environ, **self.env}
         log_file = self.log / f"{name}.out"
         with open(log_file, "ab") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=environment, start_new_session=True, cwd=self.dir)
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=environment,
+                start_new_session=True,
+                cwd=self.dir,
+            )
         if detach:
             return
         try:
@@ -319,8 +388,7 @@ class LocalCluster:
 
     def query(self, command: list[str]) -> subprocess.CompletedProcess:
         try:
-            return subprocess.run(command, capture_output=True, text=True, timeout=30,
-                                  env={**os.environ, **self.env})
+            return subprocess.run(command, capture_output=True, text=True, timeout=30, env={**os.environ, **self.env})
         except (OSError, subprocess.TimeoutExpired) as error:
             return subprocess.CompletedProcess(command, 1, "", str(error))
 
@@ -343,7 +411,9 @@ def install_packages(packages: tuple[str, ...], timeout: float) -> None:
             print(f"+ {' '.join(command)}", file=sys.stderr)
             done = run_quiet(command, timeout, env)
             if done.returncode:
-                raise ClusterError(f"`{' '.join(command)}` failed ({done.returncode}):\n{tail(done.stdout + done.stderr)}")
+                raise ClusterError(
+                    f"`{' '.join(command)}` failed ({done.returncode}):\n{tail(done.stdout + done.stderr)}"
+                )
     finally:
         if ours:
             policy.unlink(missing_ok=True)
@@ -361,8 +431,7 @@ def node_resources() -> tuple[int, int]:
     done = run_quiet(["slurmd", "-C"], 30)
     cpus = re.search(r"CPUs=(\d+)", done.stdout)
     memory = re.search(r"RealMemory=(\d+)", done.stdout)
-    return (int(cpus.group(1)) if cpus else os.cpu_count() or 1,
-            int(int(memory.group(1)) * 0.9) if memory else 1024)
+    return (int(cpus.group(1)) if cpus else os.cpu_count() or 1, int(int(memory.group(1)) * 0.9) if memory else 1024)
 
 
 def port_open(port: int) -> bool:
@@ -378,10 +447,8 @@ def wait_gone(pid: int, seconds: float) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        try:  # reap it if it is our child (mariadbd is)
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our child (mariadbd is)
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.1)
     return False
 
@@ -391,13 +458,17 @@ def tail(text: str, lines: int = 15) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m slurm.localcluster", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(
+        prog="python -m slurm.localcluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     root.add_argument("action", choices=("start", "status", "stop", "env"))
     root.add_argument("--dir", type=Path, default=Path("runs/slurm-cluster"), help="the cluster's private folder")
     root.add_argument("--timeout", type=float, default=120.0, help="seconds each daemon may take to come up")
-    root.add_argument("--no-accounting", action="store_true",
-                      help="skip slurmdbd + mariadb (sacct, and submitit's job states, then do not work)")
+    root.add_argument(
+        "--no-accounting",
+        action="store_true",
+        help="skip slurmdbd + mariadb (sacct, and submitit's job states, then do not work)",
+    )
     root.add_argument("--no-install", action="store_true", help="fail instead of apt-get installing missing packages")
     return root
 

@@ -1,4 +1,5 @@
 """The launch plan of a submission: its runs (single, k-fold or grid), their resolved configs and sbatch settings."""
+
 from __future__ import annotations
 
 import argparse
@@ -56,13 +57,24 @@ def grid_runs(axes: list[tuple[str, list[str]]], output_dir: str) -> list[RunSpe
 
 
 def fold_runs(folds: int, fold_root: str, output_dir: str) -> list[RunSpec]:
-    return [RunSpec(f"fold{k}", f"{output_dir}/fold{k}",
-                    (f"data.train={fold_root}/fold{k}/train", f"data.val={fold_root}/fold{k}/val"))
-            for k in range(folds)]
+    return [
+        RunSpec(
+            f"fold{k}",
+            f"{output_dir}/fold{k}",
+            (f"data.train={fold_root}/fold{k}/train", f"data.val={fold_root}/fold{k}/val"),
+        )
+        for k in range(folds)
+    ]
 
 
-def expand_runs(output_dir: str, data_train: str, folds: int = 0, fold_root: str | None = None,
-                grid: list[str] | None = None, group: str = "") -> tuple[list[RunSpec], str]:
+def expand_runs(
+    output_dir: str,
+    data_train: str,
+    folds: int = 0,
+    fold_root: str | None = None,
+    grid: list[str] | None = None,
+    group: str = "",
+) -> tuple[list[RunSpec], str]:
     """Which runs one submission makes, with their output dirs and per-run overrides, and the W&B group."""
     output_dir = output_dir.rstrip("/") or "."
     if folds:
@@ -73,8 +85,12 @@ def expand_runs(output_dir: str, data_train: str, folds: int = 0, fold_root: str
     else:
         return [RunSpec("", output_dir, ())], group
     group = group or f"{Path(output_dir).resolve().name}-{kind}"
-    return [RunSpec(run.name, run.output_dir, (*run.overrides, f"train.output_dir={run.output_dir}",
-                                               f"tracking.group={group}")) for run in runs], group
+    return [
+        RunSpec(
+            run.name, run.output_dir, (*run.overrides, f"train.output_dir={run.output_dir}", f"tracking.group={group}")
+        )
+        for run in runs
+    ], group
 
 
 def slurm_parameters(args: argparse.Namespace, tasks: int, runs: int) -> dict[str, Any]:
@@ -96,9 +112,15 @@ def slurm_parameters(args: argparse.Namespace, tasks: int, runs: int) -> dict[st
         "setup": setup,
         "additional_parameters": {"chdir": os.getcwd(), "requeue": True},
     }
-    optional = {"partition": args.partition, "account": args.account, "qos": args.qos,
-                "cpus_per_task": args.cpus_per_task, "constraint": args.constraint,
-                "gpus_per_node": args.gpus_per_node or None, "mem": f"{args.mem_gb}GB" if args.mem_gb else None}
+    optional = {
+        "partition": args.partition,
+        "account": args.account,
+        "qos": args.qos,
+        "cpus_per_task": args.cpus_per_task,
+        "constraint": args.constraint,
+        "gpus_per_node": args.gpus_per_node or None,
+        "mem": f"{args.mem_gb}GB" if args.mem_gb else None,
+    }
     parameters.update({key: value for key, value in optional.items() if value is not None})
     if runs > 1:
         parameters["array_parallelism"] = args.array_parallelism
@@ -111,8 +133,10 @@ def missing_folds(args: argparse.Namespace, runs: list[RunSpec]) -> list[str]:
     for run in runs:
         train = dict(o.split("=", 1) for o in run.overrides)["data.train"]
         if not Path(train).is_dir():
-            problems.append(f"--array-folds/--fold-root: {train} is missing (build it with `python -m data_shards "
-                            f"build ... --folds {args.array_folds} --fold {run.name[4:]} --out {Path(train).parent}`)")
+            problems.append(
+                f"--array-folds/--fold-root: {train} is missing (build it with `python -m data_shards "
+                f"build ... --folds {args.array_folds} --fold {run.name[4:]} --out {Path(train).parent}`)"
+            )
     return problems
 
 
@@ -128,23 +152,32 @@ def build_plan(args: argparse.Namespace) -> Plan:
         raise RequestError(problems + [f"--config {args.config}: {p}" for p in error.problems]) from None
     if problems:
         raise RequestError(problems)
-    runs, group = expand_runs(base.train.output_dir, base.data.train, args.array_folds or 0, args.fold_root,
-                              args.grid, base.tracking.group)
+    runs, group = expand_runs(
+        base.train.output_dir, base.data.train, args.array_folds or 0, args.fold_root, args.grid, base.tracking.group
+    )
     if args.array_folds:
         problems += missing_folds(args, runs)
     resolved = []
     for run in runs:
         try:
-            resolved.append(to_dict(load(args.config, [*args.overrides, *run.overrides, "checkpoint.resume=auto"]),
-                                    redact=True))
+            resolved.append(
+                to_dict(load(args.config, [*args.overrides, *run.overrides, "checkpoint.resume=auto"]), redact=True)
+            )
         except ConfigError as error:
             problems += [f"run {run.name or run.output_dir}: {p}" for p in error.problems]
     if problems:
         raise RequestError(problems)
     full = [RunSpec(run.name, run.output_dir, (*args.overrides, *run.overrides)) for run in runs]
     log_dir = str(Path(args.log_dir or Path(base.train.output_dir) / "slurm").absolute()) + "/%j"
-    return Plan(str(args.config), full, group, slurm_parameters(args, tasks_per_node(args), len(runs)), log_dir,
-                args.max_requeues, resolved)
+    return Plan(
+        str(args.config),
+        full,
+        group,
+        slurm_parameters(args, tasks_per_node(args), len(runs)),
+        log_dir,
+        args.max_requeues,
+        resolved,
+    )
 
 
 def batch_script(plan: Plan) -> str:

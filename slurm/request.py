@@ -1,4 +1,5 @@
 """What the user asks SLURM for: the resource request's options parsed and checked, every problem named at once."""
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,10 @@ def check_request(args: argparse.Namespace) -> list[str]:
         if args.tasks_per_node < 1:
             problems.append(f"--tasks-per-node: must be >= 1, got {args.tasks_per_node}")
         elif args.gpus_per_node > 0 and args.tasks_per_node != args.gpus_per_node:
-            problems.append(f"--tasks-per-node {args.tasks_per_node} with --gpus-per-node {args.gpus_per_node}: the "
-                            "layout is one task per GPU; leave --tasks-per-node for CPU jobs (--gpus-per-node 0)")
+            problems.append(
+                f"--tasks-per-node {args.tasks_per_node} with --gpus-per-node {args.gpus_per_node}: the "
+                "layout is one task per GPU; leave --tasks-per-node for CPU jobs (--gpus-per-node 0)"
+            )
     if args.cpus_per_task is not None and args.cpus_per_task < 1:
         problems.append(f"--cpus-per-task: must be >= 1, got {args.cpus_per_task}")
     if args.max_requeues < 0:
@@ -107,8 +110,10 @@ def check_request(args: argparse.Namespace) -> list[str]:
     for item in args.overrides:
         key, _, value = item.partition("=")
         if key.strip() == "checkpoint.resume" and value.strip() != "auto":
-            problems.append(f"{item}: submitted runs always resume (checkpoint.resume=auto) so that a requeued job "
-                            "continues; start afresh with a new train.output_dir")
+            problems.append(
+                f"{item}: submitted runs always resume (checkpoint.resume=auto) so that a requeued job "
+                "continues; start afresh with a new train.output_dir"
+            )
     return problems
 
 
@@ -129,9 +134,14 @@ def partition_limits(partition: str | None) -> dict[str, Any] | None:
     if not chosen:
         return {"names": names, "found": False}
     gpus = [sum(int(n) for n in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", row[3])) for row in chosen]
-    return {"names": names, "found": True, "name": chosen[0][0].rstrip("*"),
-            "nodes": sum(int(row[1]) for row in chosen),
-            "cpus": max(int(re.match(r"\d+", row[2]).group()) for row in chosen), "gpus": max(gpus)}
+    return {
+        "names": names,
+        "found": True,
+        "name": chosen[0][0].rstrip("*"),
+        "nodes": sum(int(row[1]) for row in chosen),
+        "cpus": max(int(re.match(r"\d+", row[2]).group()) for row in chosen),
+        "gpus": max(gpus),
+    }
 
 
 def check_against_cluster(args: argparse.Namespace, tasks: int) -> list[str]:
@@ -145,12 +155,15 @@ def check_against_cluster(args: argparse.Namespace, tasks: int) -> list[str]:
     if args.nodes > limits["nodes"]:
         problems.append(f"--nodes: {args.nodes} requested but {where} has {limits['nodes']} node(s)")
     if args.gpus_per_node > limits["gpus"]:
-        problems.append(f"--gpus-per-node: {args.gpus_per_node} requested but {where} nodes have at most "
-                        f"{limits['gpus']} GPU(s)")
+        problems.append(
+            f"--gpus-per-node: {args.gpus_per_node} requested but {where} nodes have at most {limits['gpus']} GPU(s)"
+        )
     cpus = tasks * (args.cpus_per_task or 1)
     if cpus > limits["cpus"]:
-        problems.append(f"--tasks-per-node × --cpus-per-task: {tasks} × {args.cpus_per_task or 1} = {cpus} "
-                        f"CPUs per node requested but {where} nodes have {limits['cpus']}")
+        problems.append(
+            f"--tasks-per-node × --cpus-per-task: {tasks} × {args.cpus_per_task or 1} = {cpus} "
+            f"CPUs per node requested but {where} nodes have {limits['cpus']}"
+        )
     return problems
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny LLaVA and small colour-task shards, built once per test session."""
+
 import io
 import json
 import logging
@@ -15,8 +16,10 @@ from trainer.testing import faults as faults_module
 
 ROOT = Path(__file__).resolve().parents[1]
 # families whose published template cannot be split into prompt and answer (or that publish none), and ours
-REPLACED_TEMPLATES = {"llava_onevision": ROOT / "configs/templates/llava-onevision.jinja",
-                      "paligemma": ROOT / "configs/templates/paligemma.jinja"}
+REPLACED_TEMPLATES = {
+    "llava_onevision": ROOT / "configs/templates/llava-onevision.jinja",
+    "paligemma": ROOT / "configs/templates/paligemma.jinja",
+}
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +38,17 @@ def color_shards(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("color")
     dataset = make_dataset("llava", root / "raw", n=320, seed=0, task="color")
-    build(BuildConfig(input=dataset.input, out=root / "shards", image_root=dataset.image_root,
-                      split=SplitSpec.parse("train=0.9,val=0.1"), layout=ShardLayout(max_samples=50),
-                      workers=0, progress=False))
+    build(
+        BuildConfig(
+            input=dataset.input,
+            out=root / "shards",
+            image_root=dataset.image_root,
+            split=SplitSpec.parse("train=0.9,val=0.1"),
+            layout=ShardLayout(max_samples=50),
+            workers=0,
+            progress=False,
+        )
+    )
     return root / "shards"
 
 
@@ -48,8 +59,12 @@ def torch_extensions(tmp_path_factory) -> dict[str, str]:
     return {"TORCH_EXTENSIONS_DIR": str(tmp_path_factory.mktemp("torch_extensions"))}
 
 
-TRAINING_VARIABLES = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
-                      "WANDB_SILENT": "true"}
+TRAINING_VARIABLES = {
+    "OMP_NUM_THREADS": "1",
+    "DS_ACCELERATOR": "cpu",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_SILENT": "true",
+}
 
 
 def training_env() -> dict[str, str]:
@@ -60,12 +75,21 @@ def with_faults(faults: str, overrides: list[str], env: dict | None) -> tuple[li
     """`trainer.testing.faults` switched on for a run: e.g. "exit_step=11" (see that module)."""
     if not faults:
         return overrides, dict(env or {})
-    return [*overrides, f"train.callbacks=[{faults_module.CALLBACK}]"], {**(env or {}), faults_module.ENVIRONMENT: faults}
+    return [*overrides, f"train.callbacks=[{faults_module.CALLBACK}]"], {
+        **(env or {}),
+        faults_module.ENVIRONMENT: faults,
+    }
 
 
-def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: int = 300,
-                    recipe: Path = ROOT / "configs/demo.yaml", env: dict | None = None,
-                    faults: str = "") -> subprocess.CompletedProcess:
+def launch_training(
+    launcher: str,
+    ranks: int,
+    overrides: list[str],
+    timeout: int = 300,
+    recipe: Path = ROOT / "configs/demo.yaml",
+    env: dict | None = None,
+    faults: str = "",
+) -> subprocess.CompletedProcess:
     """Run launch/train.py for real under the deepspeed launcher, torchrun, plain python, or (one rank) in-process."""
     overrides, env = with_faults(faults, overrides, env)
     from trainer.distributed.world import free_port
@@ -74,11 +98,27 @@ def launch_training(launcher: str, ranks: int, overrides: list[str], timeout: in
         return train_in_process(["--config", str(recipe), *overrides], env)
     script = [str(ROOT / "launch/train.py"), "--config", str(recipe), *overrides]
     if launcher == "deepspeed":
-        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-                   "--master_port", str(free_port()), *script]
+        command = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            str(ranks),
+            "--master_port",
+            str(free_port()),
+            *script,
+        ]
     elif launcher == "torchrun":
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                   "--master_port", str(free_port()), *script]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(ranks),
+            "--master_port",
+            str(free_port()),
+            *script,
+        ]
     else:
         command = [sys.executable, *script]
     return run_process_group(command, {**training_env(), **env}, timeout)
@@ -116,8 +156,9 @@ def train_in_process(argv: list[str], env: dict[str, str]) -> subprocess.Complet
 
 def run_process_group(command: list[str], env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
     """Like subprocess.run, but a timeout kills the whole group: ranks, loader workers and compilers alike."""
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -141,9 +182,11 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 MIXED_COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
-MIXED_TEXT = (("Which color do you get by mixing blue and yellow?", "green"),
-              ("Which color do you get by mixing red and white?", "pink"),
-              ("How many shapes are there?", "three"))
+MIXED_TEXT = (
+    ("Which color do you get by mixing blue and yellow?", "green"),
+    ("Which color do you get by mixing red and white?", "pink"),
+    ("How many shapes are there?", "three"),
+)
 
 
 def write_mixed_dataset(root: Path, n: int, seed: int = 0) -> Path:
@@ -158,14 +201,29 @@ def write_mixed_dataset(root: Path, n: int, seed: int = 0) -> Path:
     for index in range(n):
         if index % 2:
             question, answer = MIXED_TEXT[index // 2 % len(MIXED_TEXT)]
-            records.append({"id": f"t{index:04d}", "conversations": [  # numbered: not exact duplicates
-                {"from": "human", "value": f"Question {index}. {question}"}, {"from": "gpt", "value": answer}]})
+            records.append(
+                {
+                    "id": f"t{index:04d}",
+                    "conversations": [  # numbered: not exact duplicates
+                        {"from": "human", "value": f"Question {index}. {question}"},
+                        {"from": "gpt", "value": answer},
+                    ],
+                }
+            )
             continue
         answer = list(MIXED_COLORS)[index // 2 % len(MIXED_COLORS)]
         pixels = np.clip(np.array(MIXED_COLORS[answer]) + rng.integers(-20, 20, (32, 32, 3)), 0, 255)
         Image.fromarray(pixels.astype(np.uint8)).save(root / "images" / f"i{index:04d}.png")
-        records.append({"id": f"i{index:04d}", "image": f"images/i{index:04d}.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat color is the shape?"}, {"from": "gpt", "value": answer}]})
+        records.append(
+            {
+                "id": f"i{index:04d}",
+                "image": f"images/i{index:04d}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat color is the shape?"},
+                    {"from": "gpt", "value": answer},
+                ],
+            }
+        )
     path = root / "data.json"
     path.write_text(json.dumps(records))
     return path
@@ -180,7 +238,15 @@ def mixed_shards(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("mixed")
     data = write_mixed_dataset(root / "raw", 192)
-    build(BuildConfig(input=data, out=root / "shards", image_root=root / "raw",
-                      split=SplitSpec.parse("train=0.875,val=0.125"), layout=ShardLayout(max_samples=8),
-                      workers=0, progress=False))
+    build(
+        BuildConfig(
+            input=data,
+            out=root / "shards",
+            image_root=root / "raw",
+            split=SplitSpec.parse("train=0.875,val=0.125"),
+            layout=ShardLayout(max_samples=8),
+            workers=0,
+            progress=False,
+        )
+    )
     return root / "shards"

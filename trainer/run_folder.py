@@ -11,6 +11,7 @@
 
 Pure pathlib, no torch: the SLURM submitter imports it on a login node.
 """
+
 from __future__ import annotations
 
 import json

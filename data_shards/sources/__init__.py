@@ -1,11 +1,12 @@
 """One small reader per raw dataset shape; `detect_format` picks one when `--format` is not given."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
 
 from data_shards.records import RawSample, Reject, SourceError
 from data_shards.sources import captions, classes, coco, llava, manifest, messages, pairs
@@ -30,8 +31,9 @@ class Source:
         return READERS[self.format].read(self.input, self.image_root, self.options)
 
 
-def open_source(fmt: str | None, input_path: Path, image_root: Path | None = None,
-                options: SourceOptions | None = None) -> Source:
+def open_source(
+    fmt: str | None, input_path: Path, image_root: Path | None = None, options: SourceOptions | None = None
+) -> Source:
     input_path = Path(input_path)
     if not input_path.exists():
         raise SourceError(f"{input_path}: no such file or folder")

@@ -1,8 +1,9 @@
 """A folder of images with same-named `.txt` captions (`x.jpg` + `x.txt`; jpg/png/webp), searched recursively."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from data_shards.records import RawSample, Reject
 from data_shards.sample import Turn
@@ -35,4 +36,6 @@ def read(path: Path, image_root: Path, options: SourceOptions) -> Iterator[RawSa
     for caption_file in sorted(path.rglob("*.txt")):
         if caption_file.with_suffix("") not in stems_with_images:
             relative = caption_file.relative_to(path)
-            yield Reject(relative.with_suffix("").as_posix(), "missing_image", f"no image for {relative}", str(relative))
+            yield Reject(
+                relative.with_suffix("").as_posix(), "missing_image", f"no image for {relative}", str(relative)
+            )

@@ -3,11 +3,12 @@
 Class display names come from the folder names, or from `class_names`: a JSON object
 `{folder: name}` or a text file with one name per line in folder order (numeric folders sort numerically).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from data_shards.records import RawSample, Reject, SourceError
 from data_shards.sample import Turn
@@ -18,8 +19,10 @@ NAME = "classes"
 
 def detect_folder(path: Path) -> bool:
     folders = [p for p in path.iterdir() if p.is_dir()]
-    return bool(folders) and all(not is_image_file(p) for p in path.iterdir()) and any(
-        is_image_file(f) for folder in folders for f in folder.iterdir()
+    return (
+        bool(folders)
+        and all(not is_image_file(p) for p in path.iterdir())
+        and any(is_image_file(f) for folder in folders for f in folder.iterdir())
     )
 
 

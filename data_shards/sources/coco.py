@@ -4,11 +4,13 @@ Each image becomes one conversation: which objects it holds, how many of its mos
 category, and where the first object is (box as fractions of width/height). A `video_id` on an
 image becomes the sample's group, so frames of one video never straddle two splits.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from data_shards.records import RawSample, Reject, SourceError
 from data_shards.sample import Turn
@@ -61,7 +63,9 @@ def image_sample(image: dict, annotations: list[dict], categories: dict, key: st
 def checked_box(annotation: dict, width: float, height: float) -> list[float]:
     x, y, w, h = (float(v) for v in annotation["bbox"])
     if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width + 1 or y + h > height + 1:
-        raise ValueError(f"annotation {annotation.get('id')} bbox {annotation['bbox']} lies outside {width:g}x{height:g}")
+        raise ValueError(
+            f"annotation {annotation.get('id')} bbox {annotation['bbox']} lies outside {width:g}x{height:g}"
+        )
     return [x, y, w, h]
 
 

@@ -1,10 +1,12 @@
 """Helpers shared by the source readers: JSON/JSONL record iteration and turn conversion."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from data_shards.records import RawSample, Reject, SourceError
 from data_shards.sample import Turn
@@ -21,9 +23,7 @@ class SourceOptions:
     class_question: str = "<image>\nWhat is shown in this image?"
     class_answer: str = "{name}"
     class_names: Path | None = None
-    pairs_question: str = (
-        "<image>\n<image>\nCompare the first image with the second. Answer First, Second or Similar."
-    )
+    pairs_question: str = "<image>\n<image>\nCompare the first image with the second. Answer First, Second or Similar."
 
 
 def read_text(path: Path) -> str:
@@ -69,7 +69,9 @@ def _iter_jsonl(path: Path, lines: list[str]) -> Iterator[tuple[str, Any] | Reje
         try:
             parsed.append((number, json.loads(line)))
         except json.JSONDecodeError as error:
-            parsed.append(Reject(f"line{number}", "malformed_json", f"line {number}: {error.msg}", f"{path.name}:{number}"))
+            parsed.append(
+                Reject(f"line{number}", "malformed_json", f"line {number}: {error.msg}", f"{path.name}:{number}")
+            )
     if not any(isinstance(item, tuple) and isinstance(item[1], dict) for item in parsed):
         first = next((item for item in parsed if isinstance(item, Reject)), None)
         where = f" ({first.detail})" if first else ""

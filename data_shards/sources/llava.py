@@ -1,8 +1,10 @@
 """LLaVA conversation JSON (a list) or JSONL: `id`, `image` (path or list), `conversations` human/gpt."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from data_shards.records import RawSample, Reject
 from data_shards.sources.common import SourceOptions, image_list, make_turn, read_json_records, record_key

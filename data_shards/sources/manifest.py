@@ -1,8 +1,10 @@
 """A JSON manifest `{image_path: caption}`; paths are relative to the image root (default: the file's folder)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from data_shards.records import RawSample, Reject, SourceError
 from data_shards.sample import Turn
@@ -26,7 +28,9 @@ def read(path: Path, image_root: Path, options: SourceOptions) -> Iterator[RawSa
     for image_ref, caption in document.items():
         origin = f"{path.name}[{image_ref!r}]"
         if not isinstance(caption, str):
-            yield Reject(image_ref, "malformed_record", f"caption must be a string, got {type(caption).__name__}", origin)
+            yield Reject(
+                image_ref, "malformed_record", f"caption must be a string, got {type(caption).__name__}", origin
+            )
             continue
         turns = [Turn("user", options.caption_prompt), Turn("assistant", caption.strip())]
         yield RawSample(image_ref, [image_ref], turns, origin, source=NAME)

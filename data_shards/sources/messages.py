@@ -1,8 +1,10 @@
 """OpenAI/ShareGPT-style `messages` (string content or typed parts) with an `images` list."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from data_shards.records import RawSample, Reject
 from data_shards.sample import IMAGE_TOKEN

@@ -1,9 +1,10 @@
 """Image-pair comparison CSV (LMOL-style): `img1,img2,label[,score1,score2]` → one two-image sample."""
+
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from data_shards.records import RawSample, Reject, SourceError
 from data_shards.sample import Turn

@@ -10,6 +10,7 @@ Record keys: the `id` field (llava, messages); the image file's stem (captions, 
 The unusual record that repeats an id with other content is listed under that id (the first record with it
 is a good one); the build keeps it under a derived key.
 """
+
 from data_shards.synthetic.benchmark import make_loose_benchmark_set
 from data_shards.synthetic.dataset import make_dataset
 from data_shards.synthetic.plan import SyntheticDataset

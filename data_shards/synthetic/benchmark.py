@@ -1,4 +1,5 @@
 """`make_loose_benchmark_set`: many distinct LLaVA colour questions, cheaply, for loader benchmarks."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,10 +41,13 @@ def make_loose_benchmark_set(out: Path, n: int, image_size: int, seed: int = 0) 
     for index in range(n):
         Image.fromarray(_jittered(bases, index)).save(images_dir / f"s{index:06d}.jpg", "JPEG", quality=JPEG_QUALITY)
     records = [
-        llava_record(Conversation(
-            f"s{index:06d}", (f"images/s{index:06d}.jpg",),
-            ((QUESTIONS["color"], pictures[index % len(pictures)].color),),
-        ))
+        llava_record(
+            Conversation(
+                f"s{index:06d}",
+                (f"images/s{index:06d}.jpg",),
+                ((QUESTIONS["color"], pictures[index % len(pictures)].color),),
+            )
+        )
         for index in range(n)
     ]
     path = out / "data.json"

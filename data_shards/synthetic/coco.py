@@ -1,4 +1,5 @@
 """The coco format: scenes of one to three shapes with their bounding boxes in a COCO annotations file."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -51,10 +52,16 @@ class _Coco:
         return image_id
 
     def annotate(self, image_id: int, category: str, bbox: list[int]) -> None:
-        self.annotations.append({
-            "id": len(self.annotations) + 1, "image_id": image_id, "category_id": SHAPES.index(category) + 1,
-            "bbox": bbox, "area": float(bbox[2] * bbox[3]), "iscrowd": 0,
-        })
+        self.annotations.append(
+            {
+                "id": len(self.annotations) + 1,
+                "image_id": image_id,
+                "category_id": SHAPES.index(category) + 1,
+                "bbox": bbox,
+                "area": float(bbox[2] * bbox[3]),
+                "iscrowd": 0,
+            }
+        )
 
     def to_json(self) -> dict[str, Any]:
         categories = [{"id": number, "name": shape} for number, shape in enumerate(SHAPES, start=1)]

@@ -1,4 +1,5 @@
 """The conversation formats, llava and messages: good, defective and unusual records, spelled either way."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,7 +9,12 @@ from typing import Any, TypeVar
 
 from data_shards.sample import IMAGE_TOKEN
 from data_shards.synthetic.files import (
-    BROKEN_IMAGE_REASONS, json_line, write_broken_image, write_json, write_outside_image, write_text,
+    BROKEN_IMAGE_REASONS,
+    json_line,
+    write_broken_image,
+    write_json,
+    write_outside_image,
+    write_text,
 )
 from data_shards.synthetic.plan import Plan, SyntheticDataset
 from data_shards.synthetic.unusual import UNUSUAL_IMAGES, unusual_topic, write_unusual_image
@@ -139,8 +145,12 @@ def _foreign_conversations(plan: Plan) -> list[tuple[Conversation, str]]:
 def _unusual_conversations(plan: Plan, first: Conversation) -> list[tuple[Conversation, str]]:
     """Records the readers must keep although something about them is unusual."""
     repeated_id = (replace(_shape_conversation(plan, "u_repeated_id", 0), key=first.key), "id repeated, other content")
-    return (_unusual_image_conversations(plan) + _shared_image_conversations(plan) + _foreign_conversations(plan)
-            + [repeated_id])
+    return (
+        _unusual_image_conversations(plan)
+        + _shared_image_conversations(plan)
+        + _foreign_conversations(plan)
+        + [repeated_id]
+    )
 
 
 def llava_record(record: Conversation) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """`make_dataset`: checks the arguments and hands a `Plan` to the writer of the requested format."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

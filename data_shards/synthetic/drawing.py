@@ -1,4 +1,5 @@
 """Pictures of coloured shapes: placing a shape, drawing it on a plain background, adding mild noise."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

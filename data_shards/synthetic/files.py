@@ -1,4 +1,5 @@
 """Writing files with fixed settings, and the broken or out-of-root images that defect records point to."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """The image-file formats, captions, manifest and classes: image files named or foldered by what they show."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -7,7 +8,12 @@ from typing import NamedTuple
 
 from data_shards.synthetic.drawing import Picture
 from data_shards.synthetic.files import (
-    BROKEN_IMAGE_REASONS, save_image, write_broken_image, write_json, write_outside_image, write_text,
+    BROKEN_IMAGE_REASONS,
+    save_image,
+    write_broken_image,
+    write_json,
+    write_outside_image,
+    write_text,
 )
 from data_shards.synthetic.plan import Plan, SyntheticDataset
 from data_shards.synthetic.unusual import UNUSUAL_IMAGES, foreign_caption, write_unusual_image

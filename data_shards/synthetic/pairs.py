@@ -1,4 +1,5 @@
 """The pairs format: a CSV of image pairs labelled by which one shows the bigger shape."""
+
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,5 @@
 """What the format writers share: the `Plan` they follow and the `SyntheticDataset` they return."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

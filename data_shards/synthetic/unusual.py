@@ -1,4 +1,5 @@
 """Odd but valid images (CMYK, palette, 16-bit, transparent, EXIF-rotated) and captions in foreign scripts."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

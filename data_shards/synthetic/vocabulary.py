@@ -1,4 +1,5 @@
 """The words and values synthetic records are made of: formats, tasks, shapes, colours, questions, foreign texts."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -36,8 +37,12 @@ FOREIGN_TEXTS = {
         "ما لون الشكل؟",
         "شكل {word}",
         {
-            "red": "أحمر", "green": "أخضر", "blue": "أزرق",
-            "yellow": "أصفر", "purple": "بنفسجي", "orange": "برتقالي",
+            "red": "أحمر",
+            "green": "أخضر",
+            "blue": "أزرق",
+            "yellow": "أصفر",
+            "purple": "بنفسجي",
+            "orange": "برتقالي",
         },
     ),
     "emoji": _ForeignText(

@@ -1,4 +1,5 @@
 """The command line as users (and the outside contract) call it: exit codes, report files, counts."""
+
 import hashlib
 import json
 import subprocess
@@ -42,8 +43,9 @@ def llava_dataset(tmp_path):
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "data_shards", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "data_shards", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def tar_sample_count(path: Path) -> int:
@@ -55,15 +57,34 @@ def tar_sample_count(path: Path) -> int:
 def test_build_contract(llava_dataset, tmp_path):
     data, root = llava_dataset
     out = tmp_path / "out"
-    result = run_cli("build", "--format", "llava", "--input", data, "--image-root", root, "--out", out,
-                     "--split", "train=0.9,val=0.1", "--seed", "0", "--shard-samples", "7", "--no-progress")
+    result = run_cli(
+        "build",
+        "--format",
+        "llava",
+        "--input",
+        data,
+        "--image-root",
+        root,
+        "--out",
+        out,
+        "--split",
+        "train=0.9,val=0.1",
+        "--seed",
+        "0",
+        "--shard-samples",
+        "7",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     assert (report["read"], report["written"], report["rejected"]) == (37, 32, 5)
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert {(r["key"], r["reason"]) for r in rejects} == {
-        ("missing", "missing_image"), ("empty", "zero_byte_image"), ("noanswer", "empty_answer"),
-        ("escape", "path_escapes_root"), ("copy", "duplicate_sample"),
+        ("missing", "missing_image"),
+        ("empty", "zero_byte_image"),
+        ("noanswer", "empty_answer"),
+        ("escape", "path_escapes_root"),
+        ("copy", "duplicate_sample"),
     }
     assert [(e["id"], e["key"][:3]) for e in report["renamed_keys"]["examples"]] == [("k3", "k3#")]
     for split in ("train", "val"):
@@ -109,11 +130,28 @@ def test_rebuild_is_byte_identical_whatever_the_worker_count(llava_dataset, tmp_
     outputs = []
     for workers in (0, 2):
         out = tmp_path / f"out{workers}"
-        result = run_cli("build", "--input", data, "--out", out, "--split", "train=0.7,val=0.3",
-                         "--shard-samples", "4", "--workers", workers, "--no-progress")
+        result = run_cli(
+            "build",
+            "--input",
+            data,
+            "--out",
+            out,
+            "--split",
+            "train=0.7,val=0.3",
+            "--shard-samples",
+            "4",
+            "--workers",
+            workers,
+            "--no-progress",
+        )
         assert result.returncode == 0, result.stderr
-        outputs.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.suffix in (".tar", ".json")
-                        and p.name != "report.json"})
+        outputs.append(
+            {
+                p.relative_to(out): p.read_bytes()
+                for p in out.rglob("*")
+                if p.suffix in (".tar", ".json") and p.name != "report.json"
+            }
+        )
     assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) > 4
     assert outputs[0] == outputs[1]
 
@@ -137,8 +175,12 @@ def test_every_command_has_help():
 def test_inspect_prints_counts_samples_and_writes_a_contact_sheet(llava_dataset, tmp_path):
     data, _ = llava_dataset
     out = tmp_path / "out"
-    assert run_cli("build", "--input", data, "--out", out, "--split", "train=0.8,val=0.2", "--workers", "0",
-                   "--no-progress").returncode == 0
+    assert (
+        run_cli(
+            "build", "--input", data, "--out", out, "--split", "train=0.8,val=0.2", "--workers", "0", "--no-progress"
+        ).returncode
+        == 0
+    )
     sheet = tmp_path / "sheet.png"
     result = run_cli("inspect", out, "--samples", "2", "--contact-sheet", sheet)
     assert result.returncode == 0, result.stderr

@@ -4,15 +4,16 @@ ZeRO-2 and ZeRO-3 (LoRA, projector in full): the run ends, and held-out exact ma
 The tiny models use the kit's small vision input here (`SMALL_IMAGE`), the published templates, tokens and
 processor rules otherwise; tests/unit/test_families.py checks each family at its published settings in-process.
 """
+
 import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPLACED_TEMPLATES, ROOT, launch_training
+
 from trainer.export.cli import EXIT_OK
-from trainer.export.save import MERGE_SUMMARY
 from trainer.export.cli import main as export_main
+from trainer.export.save import MERGE_SUMMARY
 from trainer.testing.tiny import KITS, SMALL_IMAGE, build_tiny_model
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
@@ -30,12 +31,27 @@ def small_models(tmp_path_factory) -> dict[str, Path]:
 def test_family_trains_on_mixed_data_on_two_ranks(small_models, mixed_shards, tmp_path, family, zero):
     run = tmp_path / "run"
     template = REPLACED_TEMPLATES.get(family)
-    result = launch_training("deepspeed", 2, [
-        f"model.path={small_models[family]}", f"data.train={mixed_shards / 'train'}", f"data.val={mixed_shards / 'val'}",
-        f"train.output_dir={run}", "train.micro_batch_size=1", f"train.max_steps={STEPS}", "train.log_every=4",
-        "data.num_workers=1", "eval.at_start=true", "eval.max_new_tokens=4", "optimizer.lr=5e-3",
-        "optimizer.projector_lr=5e-3", f"deepspeed.config={ROOT}/configs/deepspeed/zero{zero}.json",
-        f"model.chat_template={template or ''}", "checkpoint.every_steps=0"])
+    result = launch_training(
+        "deepspeed",
+        2,
+        [
+            f"model.path={small_models[family]}",
+            f"data.train={mixed_shards / 'train'}",
+            f"data.val={mixed_shards / 'val'}",
+            f"train.output_dir={run}",
+            "train.micro_batch_size=1",
+            f"train.max_steps={STEPS}",
+            "train.log_every=4",
+            "data.num_workers=1",
+            "eval.at_start=true",
+            "eval.max_new_tokens=4",
+            "optimizer.lr=5e-3",
+            "optimizer.projector_lr=5e-3",
+            f"deepspeed.config={ROOT}/configs/deepspeed/zero{zero}.json",
+            f"model.chat_template={template or ''}",
+            "checkpoint.every_steps=0",
+        ],
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["steps"] == STEPS and summary["world_size"] == 2 and summary["zero_stage"] == zero

@@ -1,5 +1,6 @@
 """LLaVA-style JSON as published: absolute image paths inside the image root, one id shared by many
 conversations, exact duplicates, text-only samples and records without an id."""
+
 import json
 import subprocess
 import sys
@@ -34,8 +35,9 @@ def build_source(tmp_path: Path, fmt: str, name: str, content: str, root: Path, 
     data = tmp_path / name
     data.write_text(content)
     out = tmp_path / f"out-{data.stem}"
-    report = build(BuildConfig(input=data, out=out, format=fmt, image_root=root, workers=0, progress=False,
-                               **overrides))
+    report = build(
+        BuildConfig(input=data, out=out, format=fmt, image_root=root, workers=0, progress=False, **overrides)
+    )
     return report, out
 
 
@@ -53,8 +55,13 @@ def rejects(out: Path) -> list[dict]:
 
 
 def run_cli(*args) -> dict:
-    result = subprocess.run([sys.executable, "-m", "data_shards", *map(str, args), "--no-progress"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "data_shards", *map(str, args), "--no-progress"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads((Path(args[args.index("--out") + 1]) / "report.json").read_text())
 
@@ -80,12 +87,17 @@ def test_absolute_path_outside_the_root_is_rejected_naming_it(tmp_path):
     save_image(root / "a.png", RED)
     outside = save_image(tmp_path / "other" / "b.png", BLUE)
     sibling = save_image(tmp_path / "coco2" / "c.png", BLUE)  # shares the root's name as a prefix
-    records = [conversation("good", "a.png"), conversation("outside", str(outside)),
-               conversation("sibling", str(sibling))]
+    records = [
+        conversation("good", "a.png"),
+        conversation("outside", str(outside)),
+        conversation("sibling", str(sibling)),
+    ]
     report, out = build_llava(tmp_path, records, root)
     found = {r["key"]: r for r in rejects(out)}
-    assert {key: r["reason"] for key, r in found.items()} == {"outside": "path_escapes_root",
-                                                              "sibling": "path_escapes_root"}
+    assert {key: r["reason"] for key, r in found.items()} == {
+        "outside": "path_escapes_root",
+        "sibling": "path_escapes_root",
+    }
     assert str(outside) in found["outside"]["detail"] and str(sibling) in found["sibling"]["detail"]
     assert report["read"] == report["written"] + report["rejected"] == 3
 
@@ -105,7 +117,10 @@ def test_relative_escape_is_rejected_and_symlinks_under_the_root_are_not_followe
     ]
     report, out = build_llava(tmp_path, records, root)
     assert {r["key"]: r["reason"] for r in rejects(out)} == {
-        "climb": "path_escapes_root", "deep-climb": "path_escapes_root", "link-target": "path_escapes_root"}
+        "climb": "path_escapes_root",
+        "deep-climb": "path_escapes_root",
+        "link-target": "path_escapes_root",
+    }
     samples = written(out)
     assert samples["through-link"].images[0].data == samples["abs-through-link"].images[0].data == outside.read_bytes()
 
@@ -125,17 +140,26 @@ def test_every_file_source_takes_absolute_paths_inside_the_root(tmp_path, fmt):
 def source_file(fmt: str, inside: Path, second: Path, outside: Path) -> tuple[str, str]:
     """One record with absolute paths inside the root, one with an absolute path outside it."""
     if fmt == "messages":
+
         def record(key, image):
-            return {"id": key, "images": [str(image)], "messages": [
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
-                {"role": "assistant", "content": "red"}]}
+            return {
+                "id": key,
+                "images": [str(image)],
+                "messages": [
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+                    {"role": "assistant", "content": "red"},
+                ],
+            }
+
         return "data.json", json.dumps([record("in", inside), record("out", outside)])
     if fmt == "manifest":
         return "manifest.json", json.dumps({str(inside): "a red square", str(outside): "a blue square"})
     if fmt == "pairs":
         return "pairs.csv", f"img1,img2,label\n{inside},{second},First\n{outside},{second},Second\n"
-    images = [{"id": 1, "file_name": str(inside), "width": 8, "height": 8},
-              {"id": 2, "file_name": str(outside), "width": 8, "height": 8}]
+    images = [
+        {"id": 1, "file_name": str(inside), "width": 8, "height": 8},
+        {"id": 2, "file_name": str(outside), "width": 8, "height": 8},
+    ]
     return "coco.json", json.dumps({"images": images, "annotations": [], "categories": []})
 
 
@@ -171,8 +195,19 @@ def test_derived_keys_do_not_depend_on_the_worker_count(tmp_path):
     keys = []
     for workers in (0, 2):
         out = tmp_path / f"out{workers}"
-        run_cli("build", "--format", "llava", "--input", data, "--image-root", tmp_path / "img", "--out", out,
-                "--workers", workers)
+        run_cli(
+            "build",
+            "--format",
+            "llava",
+            "--input",
+            data,
+            "--image-root",
+            tmp_path / "img",
+            "--out",
+            out,
+            "--workers",
+            workers,
+        )
         index = json.loads((out / "train" / "index.json").read_text())
         keys.append([key for shard in index["shards"] for key in shard["keys"]])
     assert keys[0] == keys[1] and len(set(keys[0])) == 4
@@ -192,8 +227,13 @@ def test_a_derived_key_never_takes_an_id_from_the_input(tmp_path):
 
 def test_exact_duplicates_are_dropped_or_kept_with_keep_duplicates(tmp_path):
     image = str(save_image(tmp_path / "img" / "a.png", RED))
-    records = [conversation("a", image), conversation("a", image), conversation("a", image),
-               conversation("b", image), conversation("c", image, answer="crimson")]
+    records = [
+        conversation("a", image),
+        conversation("a", image),
+        conversation("a", image),
+        conversation("b", image),
+        conversation("c", image, answer="crimson"),
+    ]
     data = tmp_path / "data.json"
     data.write_text(json.dumps(records))
     common = ("build", "--format", "llava", "--input", data, "--image-root", tmp_path / "img", "--workers", "0")
@@ -222,8 +262,11 @@ def test_a_text_only_sample_is_accepted(tmp_path):
 def test_records_without_an_id_are_keyed_by_position(tmp_path):
     root = tmp_path / "img"
     image = str(save_image(root / "a.png", RED))
-    records = [conversation(None, image), conversation("named", image, answer="scarlet"),
-               {**conversation(None, image, answer="ruby"), "id": None}]
+    records = [
+        conversation(None, image),
+        conversation("named", image, answer="scarlet"),
+        {**conversation(None, image, answer="ruby"), "id": None},
+    ]
     report, out = build_llava(tmp_path, records, root)
     assert (report["written"], report["rejected"]) == (3, 0)
     assert sorted(written(out)) == ["named", "rec0000000", "rec0000002"]

@@ -6,6 +6,7 @@ Independent checks, next to the exporter's own verification: the engine's eval l
 final checkpoint) recomputed with the exported model; logits of base + adapter built here with peft; the
 merged QLoRA weights against dequantised 4-bit weights + the LoRA product.
 """
+
 import json
 import os
 import shutil
@@ -15,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, launch_training
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, launch_training
 from trainer.export.cli import EXIT_MISMATCH, EXIT_OK, EXIT_UNUSABLE, main
+from trainer.export.safetensors_reader import SafetensorsWeights
 from trainer.export.save import MERGE_SUMMARY
 from trainer.export.verify import synthetic_samples
-from trainer.export.safetensors_reader import SafetensorsWeights
 from trainer.export.zero_reader import zero_tensors
 
 CPU = torch.device("cpu")
@@ -30,10 +31,20 @@ FP32_TOLERANCE = 1e-3
 
 # ---------------------------------------------------------------------------------------------- helpers
 
+
 def train(tiny_llava: Path, shards: Path, run: Path, launcher: str, ranks: int, *extra: str) -> Path:
-    overrides = [f"model.path={tiny_llava}", f"data.train={shards / 'train'}", f"data.val={shards / 'val'}",
-                 f"train.output_dir={run}", "train.micro_batch_size=4", "train.max_steps=20", "data.num_workers=1",
-                 "eval.at_start=false", "eval.max_new_tokens=1", *extra]
+    overrides = [
+        f"model.path={tiny_llava}",
+        f"data.train={shards / 'train'}",
+        f"data.val={shards / 'val'}",
+        f"train.output_dir={run}",
+        "train.micro_batch_size=4",
+        "train.max_steps=20",
+        "data.num_workers=1",
+        "eval.at_start=false",
+        "eval.max_new_tokens=1",
+        *extra,
+    ]
     result = launch_training(launcher, ranks, overrides)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run
@@ -71,7 +82,7 @@ def val_loss(model, model_dir: Path, shards: Path) -> float:
     """Token-weighted mean loss over the val split, as the engine's evaluation computes it."""
     samples, total, tokens = val_samples(shards), 0.0, 0
     for start in range(0, len(samples), 4):
-        inputs = collate(model_dir, model.config, samples[start:start + 4])
+        inputs = collate(model_dir, model.config, samples[start : start + 4])
         supervised = int((inputs["labels"] != -100).sum())
         total += float(model(**inputs, use_cache=False).loss) * supervised
         tokens += supervised
@@ -90,23 +101,37 @@ def engine_eval_loss(run: Path) -> float:
 
 # ---------------------------------------------------------------------------------------------- training runs
 
+
 @pytest.fixture(scope="module")
 def zero2_run(tiny_llava, color_shards, tmp_path_factory) -> Path:
-    return train(tiny_llava, color_shards, tmp_path_factory.mktemp("zero2") / "run", "deepspeed", 2,
-                 f"deepspeed.config={ROOT}/configs/deepspeed/zero2.json")
+    return train(
+        tiny_llava,
+        color_shards,
+        tmp_path_factory.mktemp("zero2") / "run",
+        "deepspeed",
+        2,
+        f"deepspeed.config={ROOT}/configs/deepspeed/zero2.json",
+    )
 
 
 @pytest.fixture(scope="module")
 def zero3_run(tiny_llava, color_shards, tmp_path_factory) -> Path:
-    return train(tiny_llava, color_shards, tmp_path_factory.mktemp("zero3") / "run", "deepspeed", 2,
-                 f"deepspeed.config={ROOT}/configs/deepspeed/zero3.json")
+    return train(
+        tiny_llava,
+        color_shards,
+        tmp_path_factory.mktemp("zero3") / "run",
+        "deepspeed",
+        2,
+        f"deepspeed.config={ROOT}/configs/deepspeed/zero3.json",
+    )
 
 
 @pytest.mark.parametrize("run_fixture", ["zero2_run", "zero3_run"])
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_lora_run_merges_into_a_model_equal_to_base_plus_adapter(run_fixture, request, tiny_llava, color_shards,
-                                                                  tmp_path):
+def test_lora_run_merges_into_a_model_equal_to_base_plus_adapter(
+    run_fixture, request, tiny_llava, color_shards, tmp_path
+):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
@@ -119,8 +144,9 @@ def test_lora_run_merges_into_a_model_equal_to_base_plus_adapter(run_fixture, re
     assert checkpoint.parent == run / "checkpoints" and (checkpoint / "adapter").is_dir()
 
     merged = load_exported(out)
-    reference = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_llava),
-                                          str(checkpoint / "adapter")).eval()
+    reference = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_llava), str(checkpoint / "adapter")
+    ).eval()
     inputs = collate(out, merged.config, val_samples(color_shards)[:4])  # one padded batch of 4
     assert (logits(merged, inputs) - logits(reference, inputs)).abs().max() <= FP32_TOLERANCE
     adapter = load_file(checkpoint / "adapter" / "adapter_model.safetensors")
@@ -136,11 +162,13 @@ def test_lora_run_merges_into_a_model_equal_to_base_plus_adapter(run_fixture, re
 
 # ---------------------------------------------------------------------------------------------- QLoRA
 
+
 @pytest.fixture(scope="module")
 def qlora_run(tiny_llava, color_shards, tmp_path_factory) -> Path:
     pytest.importorskip("bitsandbytes")
-    return train(tiny_llava, color_shards, tmp_path_factory.mktemp("qlora") / "run", "in-process", 1,
-                 "quant.load_in_4bit=true")
+    return train(
+        tiny_llava, color_shards, tmp_path_factory.mktemp("qlora") / "run", "in-process", 1, "quant.load_in_4bit=true"
+    )
 
 
 @pytest.mark.multiprocess
@@ -198,10 +226,18 @@ def test_a_qlora_adapter_copied_out_of_its_run_still_merges_as_qlora(qlora_run, 
 
 # ---------------------------------------------------------------------------------------------- full fine-tuning
 
+
 @pytest.fixture(scope="module", params=["zero2", "zero3"])
 def full_run(request, tiny_llava, color_shards, tmp_path_factory) -> Path:
-    return train(tiny_llava, color_shards, tmp_path_factory.mktemp(f"full-{request.param}") / "run", "deepspeed", 2,
-                 f"deepspeed.config={ROOT}/configs/deepspeed/{request.param}.json", "lora.enabled=false")
+    return train(
+        tiny_llava,
+        color_shards,
+        tmp_path_factory.mktemp(f"full-{request.param}") / "run",
+        "deepspeed",
+        2,
+        f"deepspeed.config={ROOT}/configs/deepspeed/{request.param}.json",
+        "lora.enabled=false",
+    )
 
 
 def latest_checkpoint(run: Path) -> Path:
@@ -245,6 +281,7 @@ def test_full_finetuning_is_consolidated_into_the_engines_weights(full_run, tiny
 
 
 # ---------------------------------------------------------------------------------------------- a random adapter
+
 
 @pytest.fixture(scope="module")
 def random_adapter(tiny_llava, tmp_path_factory) -> Path:
@@ -296,8 +333,9 @@ def test_the_exported_model_loads_with_plain_transformers_and_its_processor(expo
         "print(prompt.endswith('ASSISTANT:'), output.shape[1] - inputs['input_ids'].shape[1], model.dtype)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", code, str(exported)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(exported)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-3:] == ["True", "2", "torch.float32"]
 
@@ -306,8 +344,12 @@ def test_a_non_empty_out_is_refused_without_force(random_adapter, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = subprocess.run([sys.executable, str(ROOT / "launch/merge_lora.py"), "--checkpoint", str(random_adapter),
-                             "--out", str(out)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch/merge_lora.py"), "--checkpoint", str(random_adapter), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == EXIT_UNUSABLE
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(out) in errors[0] and "--force" in errors[0]
@@ -351,7 +393,8 @@ def test_bf16_export_passes_its_default_tolerance_and_fails_at_zero(random_adapt
     assert merge(random_adapter, out, "--dtype", "bfloat16") == EXIT_OK
     summary = summary_of(out)
     assert load_exported(out).dtype == torch.bfloat16 and summary["merged_bytes"] * 2 == pytest.approx(
-        summary_of(exported)["merged_bytes"], rel=0.01)
+        summary_of(exported)["merged_bytes"], rel=0.01
+    )
     assert 0 < summary["max_abs_logit_diff"] <= summary["tolerance"]
     # yet far below what the adapter itself changes: the tolerance would catch a merge that lost it
     inputs = collate(exported, load_exported(exported).config, synthetic_samples(2))
@@ -370,8 +413,9 @@ def test_a_folder_that_is_no_checkpoint_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("base_dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("read", ["tensor by tensor", "whole base"])
-def test_a_bf16_export_is_merged_in_fp32_arithmetic_without_an_fp32_copy(base_dtype, read, tiny_llava, tmp_path,
-                                                                          monkeypatch):
+def test_a_bf16_export_is_merged_in_fp32_arithmetic_without_an_fp32_copy(
+    base_dtype, read, tiny_llava, tmp_path, monkeypatch
+):
     """Base held in bf16 (half the memory of an fp32 copy), yet every weight is round_bf16(W + ΔW) computed
     in fp32 from the stored W, bit for bit what merging an fp32 copy and casting would give; the trained
     projector (modules_to_save) replaces the base's. Also where the base cannot be read tensor by tensor
@@ -384,13 +428,23 @@ def test_a_bf16_export_is_merged_in_fp32_arithmetic_without_an_fp32_copy(base_dt
 
     base_dir = tmp_path / f"{base_dtype}-base"
     AutoModelForImageTextToText.from_pretrained(tiny_llava, dtype=getattr(torch, base_dtype)).save_pretrained(base_dir)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
-                 "preprocessor_config.json", "special_tokens_map.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "processor_config.json",
+        "preprocessor_config.json",
+        "special_tokens_map.json",
+    ):
         if (tiny_llava / name).exists():
             shutil.copy(tiny_llava / name, base_dir / name)
     torch.manual_seed(0)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=r".*language_model.*\.(q_proj|v_proj)",
-                      modules_to_save=["multi_modal_projector"])
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=r".*language_model.*\.(q_proj|v_proj)",
+        modules_to_save=["multi_modal_projector"],
+    )
     peft_model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32), lora)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():

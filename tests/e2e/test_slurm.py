@@ -6,6 +6,7 @@ with SHARDTUNE_SLURM_INSTALL=0). They SKIP, with the reason, when it cannot star
 SHARDTUNE_REQUIRE_SLURM=1 to make that a failure instead. SHARDTUNE_SLURM_DIR=DIR reuses (or
 starts) a cluster in DIR and leaves it running; otherwise a private one is stopped at the end.
 """
+
 import json
 import os
 import subprocess
@@ -29,8 +30,14 @@ NO_SLURM = {"SLURM_CONF": "/nonexistent/slurm.conf"}  # sinfo cannot answer: no 
 
 
 def run_cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slurm.submit", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **NO_SLURM, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "slurm.submit", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **NO_SLURM, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -51,30 +58,58 @@ def test_dry_run_prints_batch_script_and_resolved_config():
 
 
 def test_dry_run_gpu_layout_is_one_task_per_gpu():
-    done = run_cli("--config", "configs/demo.yaml", "--nodes", "2", "--gpus-per-node", "4", "--partition", "a100",
-                   "--account", "proj", "--qos", "high", "--time", "1-12:00", "--cpus-per-task", "6", "--dry-run",
-                   "tracking.api_key=SECRET")
+    done = run_cli(
+        "--config",
+        "configs/demo.yaml",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--partition",
+        "a100",
+        "--account",
+        "proj",
+        "--qos",
+        "high",
+        "--time",
+        "1-12:00",
+        "--cpus-per-task",
+        "6",
+        "--dry-run",
+        "tracking.api_key=SECRET",
+    )
     assert done.returncode == 0, done.stderr
-    for line in ("--nodes=2", "--gpus-per-node=4", "--ntasks-per-node=4", "--partition=a100", "--account=proj",
-                 "--qos=high", "--time=2160", "--cpus-per-task=6"):
+    for line in (
+        "--nodes=2",
+        "--gpus-per-node=4",
+        "--ntasks-per-node=4",
+        "--partition=a100",
+        "--account=proj",
+        "--qos=high",
+        "--time=2160",
+        "--cpus-per-task=6",
+    ):
         assert f"#SBATCH {line}" in done.stdout
     assert "DS_ACCELERATOR" not in done.stdout and "OMP_NUM_THREADS:-6" in done.stdout
     assert "SECRET" not in done.stdout and '"api_key": "***"' in done.stdout
 
 
-@pytest.mark.parametrize("argv, option", [
-    (["--nodes", "0"], "--nodes"),
-    (["--time", "25h"], "--time"),
-    (["--time", "0"], "--time"),
-    (["--gpus-per-node", "-1"], "--gpus-per-node"),
-    (["--gpus-per-node", "4", "--tasks-per-node", "2"], "--tasks-per-node"),
-    (["--max-requeues", "-1"], "--max-requeues"),
-    (["--array-folds", "1"], "--array-folds"),
-    (["--array-folds", "2", "--grid", "optimizer.lr=1e-4,2e-4"], "--array-folds and --grid"),
-    (["--grid", "optimizer.lr"], "--grid"),
-    (["checkpoint.resume=none"], "checkpoint.resume=none"),
-    (["optimizer.lrr=1"], "--config configs/demo.yaml: optimizer.lrr: unknown key"),
-])
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["--nodes", "0"], "--nodes"),
+        (["--time", "25h"], "--time"),
+        (["--time", "0"], "--time"),
+        (["--gpus-per-node", "-1"], "--gpus-per-node"),
+        (["--gpus-per-node", "4", "--tasks-per-node", "2"], "--tasks-per-node"),
+        (["--max-requeues", "-1"], "--max-requeues"),
+        (["--array-folds", "1"], "--array-folds"),
+        (["--array-folds", "2", "--grid", "optimizer.lr=1e-4,2e-4"], "--array-folds and --grid"),
+        (["--grid", "optimizer.lr"], "--grid"),
+        (["checkpoint.resume=none"], "checkpoint.resume=none"),
+        (["optimizer.lrr=1"], "--config configs/demo.yaml: optimizer.lrr: unknown key"),
+    ],
+)
 def test_impossible_requests_are_refused_naming_the_option(no_cluster, capsys, argv, option):
     layout = [] if "--gpus-per-node" in argv else ["--gpus-per-node", "0"]
     assert main(["--config", "configs/demo.yaml", "--dry-run", *layout, *argv]) == 2
@@ -89,8 +124,18 @@ def test_every_problem_is_reported_at_once(no_cluster, capsys):
 
 
 def test_requests_beyond_the_partition_are_refused(monkeypatch, capsys):
-    monkeypatch.setattr(request, "partition_limits", lambda partition: {
-        "names": ["gpu"], "found": partition in (None, "gpu"), "name": "gpu", "nodes": 2, "cpus": 32, "gpus": 4})
+    monkeypatch.setattr(
+        request,
+        "partition_limits",
+        lambda partition: {
+            "names": ["gpu"],
+            "found": partition in (None, "gpu"),
+            "name": "gpu",
+            "nodes": 2,
+            "cpus": 32,
+            "gpus": 4,
+        },
+    )
     assert main(["--config", "configs/demo.yaml", "--nodes", "3", "--gpus-per-node", "8", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "--nodes: 3 requested but partition gpu has 2 node(s)" in err
@@ -102,23 +147,35 @@ def test_requests_beyond_the_partition_are_refused(monkeypatch, capsys):
     assert main(["--config", "configs/demo.yaml", "--nodes", "2", "--gpus-per-node", "4", "--dry-run"]) == 0
 
 
-@pytest.mark.parametrize("text, minutes", [("90", 90), ("10:30", 11), ("24:00:00", 1440), ("2-0", 2880),
-                                           ("1-12:00", 2160), ("0-00:00:59", 1)])
+@pytest.mark.parametrize(
+    "text, minutes",
+    [("90", 90), ("10:30", 11), ("24:00:00", 1440), ("2-0", 2880), ("1-12:00", 2160), ("0-00:00:59", 1)],
+)
 def test_slurm_time_formats(text, minutes):
     assert parse_time(text) == minutes
 
 
 def test_grid_expands_to_one_run_per_combination():
-    runs, group = expand_runs("runs/sweep", "data/train", grid=[
-        "optimizer.lr=1e-4,2e-4", "lora.r=8,16", "train.max_steps=50", "optimizer.betas=[0.9,0.95],[0.9,0.99]"])
+    runs, group = expand_runs(
+        "runs/sweep",
+        "data/train",
+        grid=["optimizer.lr=1e-4,2e-4", "lora.r=8,16", "train.max_steps=50", "optimizer.betas=[0.9,0.95],[0.9,0.99]"],
+    )
     assert len(runs) == 8 and group == "sweep-grid"
     first = runs[0]
     assert first.name == "lr=1e-4_r=8_betas=_0.9_0.95_" and first.output_dir == f"runs/sweep/{first.name}"
-    assert first.overrides == ("optimizer.lr=1e-4", "lora.r=8", "train.max_steps=50", "optimizer.betas=[0.9,0.95]",
-                               f"train.output_dir=runs/sweep/{first.name}", "tracking.group=sweep-grid")
+    assert first.overrides == (
+        "optimizer.lr=1e-4",
+        "lora.r=8",
+        "train.max_steps=50",
+        "optimizer.betas=[0.9,0.95]",
+        f"train.output_dir=runs/sweep/{first.name}",
+        "tracking.group=sweep-grid",
+    )
     assert len({run.output_dir for run in runs}) == 8
-    clashing, _ = expand_runs("out", "", grid=["optimizer.lr=1,2", "optimizer.projector_lr=3",
-                                               "optimizer.vision_lr=4,5"], group="mine")
+    clashing, _ = expand_runs(
+        "out", "", grid=["optimizer.lr=1,2", "optimizer.projector_lr=3", "optimizer.vision_lr=4,5"], group="mine"
+    )
     assert [run.name for run in clashing][:2] == ["lr=1_vision_lr=4", "lr=1_vision_lr=5"]
     assert clashing[0].overrides[-1] == "tracking.group=mine"  # a group set in the config wins
     same, _ = expand_runs("out", "", grid=["a.lr=1,2", "b.lr=3,4"])
@@ -128,8 +185,12 @@ def test_grid_expands_to_one_run_per_combination():
 def test_folds_expand_to_fold_dirs_with_their_data():
     runs, group = expand_runs("runs/cv/", "runs/shards/train", folds=3)
     assert group == "cv-kfold3" and [run.name for run in runs] == ["fold0", "fold1", "fold2"]
-    assert runs[2].overrides == ("data.train=runs/shards/fold2/train", "data.val=runs/shards/fold2/val",
-                                 "train.output_dir=runs/cv/fold2", "tracking.group=cv-kfold3")
+    assert runs[2].overrides == (
+        "data.train=runs/shards/fold2/train",
+        "data.val=runs/shards/fold2/val",
+        "train.output_dir=runs/cv/fold2",
+        "tracking.group=cv-kfold3",
+    )
     single, none = expand_runs("runs/one", "x/train")
     assert single == [RunSpec("", "runs/one", ())] and none == ""
 
@@ -138,8 +199,19 @@ def test_fold_submission_plan_is_one_array(tmp_path, no_cluster):
     for k in range(2):
         for split in ("train", "val"):
             (tmp_path / "folds" / f"fold{k}" / split).mkdir(parents=True)
-    args = parser().parse_args(["--config", "configs/demo.yaml", "--gpus-per-node", "0", "--array-folds", "2",
-                                "--fold-root", str(tmp_path / "folds"), f"train.output_dir={tmp_path}/cv"])
+    args = parser().parse_args(
+        [
+            "--config",
+            "configs/demo.yaml",
+            "--gpus-per-node",
+            "0",
+            "--array-folds",
+            "2",
+            "--fold-root",
+            str(tmp_path / "folds"),
+            f"train.output_dir={tmp_path}/cv",
+        ]
+    )
     plan = build_plan(args)
     assert [run.output_dir for run in plan.runs] == [f"{tmp_path}/cv/fold0", f"{tmp_path}/cv/fold1"]
     assert [r["data"]["val"] for r in plan.resolved] == [f"{tmp_path}/folds/fold{k}/val" for k in range(2)]
@@ -169,8 +241,9 @@ def test_sbatch_template_runs_one_task_per_gpu_and_requeues():
 
     text = (ROOT / "slurm/train.sbatch").read_text()
     assert subprocess.run(["bash", "-n", str(ROOT / "slurm/train.sbatch")]).returncode == 0
-    sbatch = dict((line.split()[1].lstrip("-") + "=").split("=")[:2] for line in text.splitlines()
-                  if line.startswith("#SBATCH "))
+    sbatch = dict(
+        (line.split()[1].lstrip("-") + "=").split("=")[:2] for line in text.splitlines() if line.startswith("#SBATCH ")
+    )
     assert sbatch["ntasks-per-node"] == sbatch["gpus-per-node"]
     assert sbatch["signal"].startswith("USR2@") and "requeue" in sbatch and sbatch["open-mode"] == "append"
     assert 'srun --wait=120 "$PYTHON" launch/train.py --config "$CONFIG" "$@" --resume auto' in text
@@ -227,9 +300,18 @@ def final_state(job, timeout: float = 60) -> str:
 
 
 def training(tiny_llava: Path, shards: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [f"model.path={tiny_llava}", f"data.train={shards / 'train'}", f"data.val={shards / 'val'}",
-            f"train.output_dir={run_dir}", "train.micro_batch_size=4", "data.num_workers=0", "eval.at_start=false",
-            "eval.max_batches=2", "train.log_every=5", *extra]
+    return [
+        f"model.path={tiny_llava}",
+        f"data.train={shards / 'train'}",
+        f"data.val={shards / 'val'}",
+        f"train.output_dir={run_dir}",
+        "train.micro_batch_size=4",
+        "data.num_workers=0",
+        "eval.at_start=false",
+        "eval.max_batches=2",
+        "train.log_every=5",
+        *extra,
+    ]
 
 
 def plan_for(*argv: str) -> Plan:
@@ -240,9 +322,14 @@ def plan_for(*argv: str) -> Plan:
 @pytest.mark.multiprocess
 def test_submitit_trains_two_tasks_on_slurm(slurm_env, tiny_llava, color_shards, tmp_path):
     run_dir = tmp_path / "run"
-    plan = plan_for("--gpus-per-node", "0", "--tasks-per-node", "2",
-                    *training(tiny_llava, color_shards, run_dir, "train.max_steps=20"))
-    job, = submit(plan)
+    plan = plan_for(
+        "--gpus-per-node",
+        "0",
+        "--tasks-per-node",
+        "2",
+        *training(tiny_llava, color_shards, run_dir, "train.max_steps=20"),
+    )
+    (job,) = submit(plan)
     wait_done([job], 240)
     rank0, rank1 = job.results()
     assert rank0["summary"]["steps"] == 20 and rank0["summary"]["world_size"] == 2 and rank0["restarts"] == 0
@@ -262,9 +349,17 @@ def fold_shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("folds")
     dataset = make_dataset("llava", root / "raw", n=160, seed=0, task="color")
     for k in range(2):
-        build(BuildConfig(input=dataset.input, out=root / f"fold{k}", image_root=dataset.image_root,
-                          split=SplitSpec.parse("train=0.9,val=0.1", folds=2, fold=k),
-                          layout=ShardLayout(max_samples=40), workers=0, progress=False))
+        build(
+            BuildConfig(
+                input=dataset.input,
+                out=root / f"fold{k}",
+                image_root=dataset.image_root,
+                split=SplitSpec.parse("train=0.9,val=0.1", folds=2, fold=k),
+                layout=ShardLayout(max_samples=40),
+                workers=0,
+                progress=False,
+            )
+        )
     return root
 
 
@@ -273,11 +368,34 @@ def fold_shards(tmp_path_factory) -> Path:
 def test_fold_array_is_one_submission_with_a_run_dir_per_fold(slurm_env, tiny_llava, fold_shards, tmp_path):
     out = tmp_path / "cv"
     done = subprocess.run(
-        [sys.executable, "-m", "slurm.submit", "--config", "configs/demo.yaml", "--gpus-per-node", "0", "--time", "10",
-         "--array-folds", "2", "--fold-root", str(fold_shards), "--wait", f"model.path={tiny_llava}",
-         f"train.output_dir={out}", "train.max_steps=8", "train.micro_batch_size=4", "data.num_workers=0",
-         "eval.at_start=false", "eval.max_batches=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "slurm.submit",
+            "--config",
+            "configs/demo.yaml",
+            "--gpus-per-node",
+            "0",
+            "--time",
+            "10",
+            "--array-folds",
+            "2",
+            "--fold-root",
+            str(fold_shards),
+            "--wait",
+            f"model.path={tiny_llava}",
+            f"train.output_dir={out}",
+            "train.max_steps=8",
+            "train.micro_batch_size=4",
+            "data.num_workers=0",
+            "eval.at_start=false",
+            "eval.max_batches=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     array = {result["job"].split("_")[0] for result in results}
@@ -296,12 +414,19 @@ def test_fold_array_is_one_submission_with_a_run_dir_per_fold(slurm_env, tiny_ll
 def test_preempted_job_is_requeued_and_resumes(slurm_env, tiny_llava, color_shards, tmp_path):
     """submitit's own test hook: SIGTERM then SIGUSR2 to every task, as a preemption does."""
     run_dir = tmp_path / "run"
-    plan = plan_for("--gpus-per-node", "0", "--tasks-per-node", "2", *training(
-        tiny_llava, color_shards, run_dir, "train.max_steps=150", "checkpoint.every_steps=25"))
-    job, = submit(plan)
+    plan = plan_for(
+        "--gpus-per-node",
+        "0",
+        "--tasks-per-node",
+        "2",
+        *training(tiny_llava, color_shards, run_dir, "train.max_steps=150", "checkpoint.every_steps=25"),
+    )
+    (job,) = submit(plan)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 180
-    while not (metrics.exists() and any(json.loads(line).get("step", 0) >= 30 for line in metrics.read_text().splitlines())):
+    while not (
+        metrics.exists() and any(json.loads(line).get("step", 0) >= 30 for line in metrics.read_text().splitlines())
+    ):
         assert time.monotonic() < deadline and not job.done(), "the job never reached step 30"
         time.sleep(0.5)
     job._interrupt()
@@ -318,9 +443,18 @@ def test_preempted_job_is_requeued_and_resumes(slurm_env, tiny_llava, color_shar
 @pytest.mark.multiprocess
 def test_no_requeue_past_max_requeues(slurm_env, tiny_llava, color_shards, tmp_path, monkeypatch):
     monkeypatch.setenv(faults.ENVIRONMENT, "signal_step=3")  # sbatch passes the submitter's environment on
-    plan = plan_for("--gpus-per-node", "0", "--tasks-per-node", "2", "--max-requeues", "0", *training(
-        tiny_llava, color_shards, tmp_path / "run", "train.max_steps=8", f"train.callbacks=[{faults.CALLBACK}]"))
-    job, = submit(plan)
+    plan = plan_for(
+        "--gpus-per-node",
+        "0",
+        "--tasks-per-node",
+        "2",
+        "--max-requeues",
+        "0",
+        *training(
+            tiny_llava, color_shards, tmp_path / "run", "train.max_steps=8", f"train.callbacks=[{faults.CALLBACK}]"
+        ),
+    )
+    (job,) = submit(plan)
     wait_done([job], 180)
     with pytest.raises(Exception, match="Job not requeued because"):
         job.results()
@@ -334,10 +468,21 @@ def test_no_requeue_past_max_requeues(slurm_env, tiny_llava, color_shards, tmp_p
 def test_sbatch_template_requeues_and_resumes(slurm_env, tiny_llava, color_shards, tmp_path):
     """The plain template under real sbatch: rank 0 signals itself at step 5, exit 85 → scontrol requeue → resume."""
     log = tmp_path / "job.out"
-    command = ["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1",
-               "--partition=debug", "--time=10", f"--output={log}", str(ROOT / "slurm/train.sbatch"),
-               str(ROOT / "configs/demo.yaml"),
-               *training(tiny_llava, color_shards, tmp_path / "run", "train.max_steps=12", f"train.callbacks=[{faults.CALLBACK}]")]
+    command = [
+        "sbatch",
+        "--parsable",
+        "--gpus-per-node=0",
+        "--ntasks-per-node=2",
+        "--cpus-per-task=1",
+        "--partition=debug",
+        "--time=10",
+        f"--output={log}",
+        str(ROOT / "slurm/train.sbatch"),
+        str(ROOT / "configs/demo.yaml"),
+        *training(
+            tiny_llava, color_shards, tmp_path / "run", "train.max_steps=12", f"train.callbacks=[{faults.CALLBACK}]"
+        ),
+    ]
     env = {**os.environ, "PYTHON": sys.executable, "DS_ACCELERATOR": "cpu", faults.ENVIRONMENT: "signal_step=5"}
     job_id = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
     summary = tmp_path / "run" / "train_summary.json"

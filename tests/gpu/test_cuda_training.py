@@ -2,12 +2,12 @@
 
 Skipped, with the reason, where there is no GPU (CI); run them with `pytest tests/gpu` on a GPU machine.
 """
+
 import importlib.util
 import json
 
 import pytest
 import torch
-
 from conftest import ROOT, launch_training, train_losses
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
@@ -15,11 +15,24 @@ STEPS = 40
 
 
 def bf16_run(tiny_llava, color_shards, run, attention: str):
-    result = launch_training("in-process", 1, [
-        f"model.path={tiny_llava}", f"data.train={color_shards / 'train'}", f"data.val={color_shards / 'val'}",
-        f"train.output_dir={run}", "train.micro_batch_size=8", f"train.max_steps={STEPS}", "train.precision=bf16",
-        "model.dtype=bfloat16", f"model.attention={attention}", "data.num_workers=1", "eval.at_start=false",
-        f"deepspeed.config={ROOT}/configs/deepspeed/zero2.json"])
+    result = launch_training(
+        "in-process",
+        1,
+        [
+            f"model.path={tiny_llava}",
+            f"data.train={color_shards / 'train'}",
+            f"data.val={color_shards / 'val'}",
+            f"train.output_dir={run}",
+            "train.micro_batch_size=8",
+            f"train.max_steps={STEPS}",
+            "train.precision=bf16",
+            "model.dtype=bfloat16",
+            f"model.attention={attention}",
+            "data.num_workers=1",
+            "eval.at_start=false",
+            f"deepspeed.config={ROOT}/configs/deepspeed/zero2.json",
+        ],
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads((run / "train_summary.json").read_text())
 

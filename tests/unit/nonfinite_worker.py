@@ -7,6 +7,7 @@ gradient accumulation 2, rank 1's loss NaN in the first micro-step of optimizer 
 per configuration to `<folder>/rank<R>.jsonl` (the folder is its argument): for each optimizer step,
 whether DeepSpeed applied it, whether the weights changed and whether they are all finite.
 """
+
 import json
 import os
 import sys
@@ -33,9 +34,16 @@ def weights(engine) -> torch.Tensor:
 
 
 def run(stage: int, precision: str, offload: bool = False) -> dict:
-    config = load(ROOT / "configs/demo.yaml", [f"deepspeed.zero_stage={stage}", f"train.precision={precision}",
-                                               f"deepspeed.offload={str(offload).lower()}",
-                                               "train.micro_batch_size=2", f"train.grad_accum={ACCUM}"])
+    config = load(
+        ROOT / "configs/demo.yaml",
+        [
+            f"deepspeed.zero_stage={stage}",
+            f"train.precision={precision}",
+            f"deepspeed.offload={str(offload).lower()}",
+            "train.micro_batch_size=2",
+            f"train.grad_accum={ACCUM}",
+        ],
+    )
     resolved = deepspeed_json.resolve(config, dist.get_world_size(), hidden_size=16)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
@@ -52,10 +60,21 @@ def run(stage: int, precision: str, offload: bool = False) -> dict:
             engine.backward(loss)
             engine.step()
         after = weights(engine)
-        steps.append({"applied": engine.was_step_applied(), "changed": not torch.equal(before, after),
-                      "finite": bool(torch.isfinite(after).all())})
-    return {"rank": dist.get_rank(), "stage": stage, "precision": precision, "offload": offload,
-            "optimizer": type(optimizer).__name__, "steps": steps}
+        steps.append(
+            {
+                "applied": engine.was_step_applied(),
+                "changed": not torch.equal(before, after),
+                "finite": bool(torch.isfinite(after).all()),
+            }
+        )
+    return {
+        "rank": dist.get_rank(),
+        "stage": stage,
+        "precision": precision,
+        "offload": offload,
+        "optimizer": type(optimizer).__name__,
+        "steps": steps,
+    }
 
 
 def main(folder: Path) -> None:

@@ -1,5 +1,6 @@
 """Every source format end to end: raw files → build → shards → stream gives back the same content,
 every injected defect is rejected with its reason, and every merely unusual sample is kept."""
+
 import json
 from collections import Counter
 from pathlib import Path
@@ -17,8 +18,16 @@ from data_shards.synthetic import FORMATS, make_dataset
 
 def build_format(tmp_path: Path, fmt: str, **overrides):
     dataset = make_dataset(fmt, tmp_path / "raw", n=24, seed=1, defects=True)
-    config = BuildConfig(input=dataset.input, out=tmp_path / "out", format=fmt, image_root=dataset.image_root,
-                         split=SplitSpec(), workers=0, progress=False, **overrides)
+    config = BuildConfig(
+        input=dataset.input,
+        out=tmp_path / "out",
+        format=fmt,
+        image_root=dataset.image_root,
+        split=SplitSpec(),
+        workers=0,
+        progress=False,
+        **overrides,
+    )
     return dataset, build(config)
 
 
@@ -106,8 +115,14 @@ def test_classes_report_counts_and_imbalance(tmp_path):
 
 def test_reencode_at_shard_time_bounds_image_size(tmp_path):
     dataset = make_dataset("llava", tmp_path / "raw", n=12, seed=0, image_size=96)
-    config = BuildConfig(input=dataset.input, out=tmp_path / "out", image_root=dataset.image_root,
-                         policy=ImagePolicy(max_side=32, jpeg_quality=80), workers=0, progress=False)
+    config = BuildConfig(
+        input=dataset.input,
+        out=tmp_path / "out",
+        image_root=dataset.image_root,
+        policy=ImagePolicy(max_side=32, jpeg_quality=80),
+        workers=0,
+        progress=False,
+    )
     build(config)
     sizes = [image.decode().size for sample in streamed(tmp_path / "out" / "train") for image in sample.images]
     assert sizes and max(max(size) for size in sizes) == 32
@@ -115,8 +130,14 @@ def test_reencode_at_shard_time_bounds_image_size(tmp_path):
 
 def test_image_split_keeps_shared_images_in_one_split(tmp_path):
     dataset = make_dataset("llava", tmp_path / "raw", n=40, seed=0, defects=True)
-    config = BuildConfig(input=dataset.input, out=tmp_path / "out", image_root=dataset.image_root,
-                         split=SplitSpec.parse("train=0.7,val=0.3", by="image"), workers=0, progress=False)
+    config = BuildConfig(
+        input=dataset.input,
+        out=tmp_path / "out",
+        image_root=dataset.image_root,
+        split=SplitSpec.parse("train=0.7,val=0.3", by="image"),
+        workers=0,
+        progress=False,
+    )
     build(config)
     hashes = {}
     for split in ("train", "val"):

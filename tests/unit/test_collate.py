@@ -8,6 +8,7 @@ What is checked against something other than the collator itself:
   (`get_image_features(...).pooler_output`, one entry per image), not against the collator's rule;
 - the batch is what the model accepts: a real forward gives a finite loss.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,9 +23,17 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 from data_shards.sample import ImageData, Sample, Turn
+from trainer.batches.collate import (
+    IGNORE_INDEX,
+    BatchError,
+    Collator,
+    FixedCount,
+    GridCount,
+    build_collator,
+    conversation,
+    token_check_for,
+)
 from trainer.batches.packing import packed_rows
-from trainer.batches.collate import (IGNORE_INDEX, BatchError, Collator, FixedCount, GridCount, build_collator, conversation,
-                             token_check_for)
 from trainer.models.processor import load_processor
 from trainer.testing.tiny import FAMILIES, SMALL_IMAGE, build_tiny_model
 
@@ -35,6 +44,7 @@ ANSWER_FORMAT = {"llava": "{}</s>", "llava_next": "{}</s>", "qwen2_vl": "{}<|im_
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="session")
 def collate_models(tmp_path_factory) -> dict[str, Path]:
@@ -71,17 +81,34 @@ def image(seed: int, width: int = 32, height: int = 32) -> ImageData:
 def varied_samples() -> list[Sample]:
     """One image; two images (different sizes) with a system turn; text only; two exchanges, image in the first."""
     return [
-        Sample("one-image", [image(1)],
-               [Turn("user", "<image>\nWhat color is the shape?"), Turn("assistant", "red")]),
-        Sample("two-images", [image(2), image(3, width=48, height=24)],
-               [Turn("system", "Answer with one word."),
-                Turn("user", "<image>\n<image>\nCompare the first image with the second. Answer First, Second or Similar."),
-                Turn("assistant", "Second")]),
-        Sample("text-only", [],
-               [Turn("user", "Which color do you get by mixing blue and yellow?"), Turn("assistant", "green")]),
-        Sample("two-exchanges", [image(4)],
-               [Turn("user", "<image>\nWhat shape is this?"), Turn("assistant", "circle"),
-                Turn("user", "What color is the shape?"), Turn("assistant", "blue")]),
+        Sample("one-image", [image(1)], [Turn("user", "<image>\nWhat color is the shape?"), Turn("assistant", "red")]),
+        Sample(
+            "two-images",
+            [image(2), image(3, width=48, height=24)],
+            [
+                Turn("system", "Answer with one word."),
+                Turn(
+                    "user",
+                    "<image>\n<image>\nCompare the first image with the second. Answer First, Second or Similar.",
+                ),
+                Turn("assistant", "Second"),
+            ],
+        ),
+        Sample(
+            "text-only",
+            [],
+            [Turn("user", "Which color do you get by mixing blue and yellow?"), Turn("assistant", "green")],
+        ),
+        Sample(
+            "two-exchanges",
+            [image(4)],
+            [
+                Turn("user", "<image>\nWhat shape is this?"),
+                Turn("assistant", "circle"),
+                Turn("user", "What color is the shape?"),
+                Turn("assistant", "blue"),
+            ],
+        ),
     ]
 
 
@@ -90,6 +117,7 @@ def collator_for(model, processor, max_length: int = 1024, **options) -> Collato
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
 
 def supervised_spans(labels: torch.Tensor) -> list[list[int]]:
     """Token ids of each maximal run of supervised (label != -100) positions in one row."""
@@ -115,7 +143,7 @@ def model_image_features_per_row(model, inputs: dict[str, torch.Tensor], samples
     assert len(per_image) == sum(len(s.images) for s in samples), "the batch holds another number of images"
     counts, start = [], 0
     for sample in samples:
-        counts.append(sum(per_image[start:start + len(sample.images)]))
+        counts.append(sum(per_image[start : start + len(sample.images)]))
         start += len(sample.images)
     return counts
 
@@ -145,6 +173,7 @@ class ModelRule:
 
 
 # ---------------------------------------------------------------------------------------------- labels & images
+
 
 def test_labels_supervise_exactly_the_answers_and_their_end_tokens(loaded, family):
     model, processor = loaded
@@ -182,8 +211,13 @@ def test_encoding_equals_the_processors_own_tensor_encoding(loaded, family):
     samples = varied_samples()
     ours = collator_for(model, processor).encode(samples)
     ours.pop("answer_mask")
-    theirs = processor.apply_chat_template([conversation(s) for s in samples], tokenize=True, return_dict=True,
-                                           return_tensors="pt", processor_kwargs={"padding": True})
+    theirs = processor.apply_chat_template(
+        [conversation(s) for s in samples],
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True},
+    )
     assert set(ours) == set(theirs)
     for key in theirs:
         assert ours[key].dtype == theirs[key].dtype and torch.equal(ours[key], theirs[key]), key
@@ -209,6 +243,7 @@ def test_batch_rows_equal_each_sample_encoded_alone(loaded, family):
 
 
 # ---------------------------------------------------------------------------------------------- over-length samples
+
 
 def test_over_length_samples_are_dropped_whole_and_the_rest_kept_intact(loaded, family):
     model, processor = loaded
@@ -242,6 +277,7 @@ def test_a_batch_with_every_sample_too_long_is_empty(loaded, family):
 
 
 # ---------------------------------------------------------------------------------------------- errors
+
 
 def without_generation_markers(processor):
     changed = copy.deepcopy(processor)
@@ -305,21 +341,28 @@ def test_token_check_rules_per_family(loaded, family):
 
 def test_more_placeholders_than_images_raises_batch_error(loaded, family):
     model, processor = loaded
-    short = Sample("short-of-images", [image(5)],
-                   [Turn("user", "<image>\n<image>\nCompare the two images."), Turn("assistant", "Similar")])
+    short = Sample(
+        "short-of-images",
+        [image(5)],
+        [Turn("user", "<image>\n<image>\nCompare the two images."), Turn("assistant", "Similar")],
+    )
     with pytest.raises(BatchError, match="'short-of-images'"):
         collator_for(model, processor)([varied_samples()[0], short])
 
 
 def test_more_images_than_placeholders_raises_batch_error(loaded, family):
     model, processor = loaded
-    extra = Sample("extra-image", [image(6), image(7)],
-                   [Turn("user", "<image>\nWhat color is the shape?"), Turn("assistant", "red")])
+    extra = Sample(
+        "extra-image",
+        [image(6), image(7)],
+        [Turn("user", "<image>\nWhat color is the shape?"), Turn("assistant", "red")],
+    )
     with pytest.raises(BatchError, match="'extra-image'"):
         collator_for(model, processor)([varied_samples()[0], extra])
 
 
 # ---------------------------------------------------------------------------------------------- conversation()
+
 
 def test_conversation_without_answer_drops_only_the_final_assistant_turn():
     sample = varied_samples()[3]
@@ -343,6 +386,7 @@ def test_conversation_turns_placeholders_into_ordered_image_parts():
 
 
 # ---------------------------------------------------------------------------------------------- packing
+
 
 def test_packed_rows_hold_every_sample_once_within_the_length():
     rng = np.random.default_rng(0)
@@ -369,8 +413,11 @@ def test_a_packed_batch_gives_the_padded_loss_with_images_following_their_sample
     samples = varied_samples()
     padded = collator_for(model, processor)(samples)
     lengths = padded.inputs["attention_mask"].sum(dim=1).tolist()
-    max_length = next(m for m in range(max(lengths), sum(lengths))  # rows that take samples out of batch order
-                      if [i for row in packed_rows(lengths, m) for i in row] != list(range(len(samples))))
+    max_length = next(
+        m
+        for m in range(max(lengths), sum(lengths))  # rows that take samples out of batch order
+        if [i for row in packed_rows(lengths, m) for i in row] != list(range(len(samples)))
+    )
     packed = collator_for(model, processor, max_length=max_length, packing=True)(samples)
     assert packed.num_tokens == padded.num_tokens and packed.num_slots < padded.num_slots
     with torch.no_grad():
@@ -389,7 +436,9 @@ def misplace_images(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     sizes = grids.prod(dim=1).tolist()
     chunks = list(pixels.split(sizes))
     chunks[0], chunks[-1] = chunks[-1], chunks[0]
-    return dict(inputs, pixel_values=torch.cat(chunks), image_grid_thw=grids[[len(sizes) - 1, *range(1, len(sizes) - 1), 0]])
+    return dict(
+        inputs, pixel_values=torch.cat(chunks), image_grid_thw=grids[[len(sizes) - 1, *range(1, len(sizes) - 1), 0]]
+    )
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl"])
@@ -404,10 +453,14 @@ def test_packed_mrope_positions_restart_per_sample(loaded, family):
     for sample in samples:
         alone = collator_for(model, processor)([sample]).inputs
         length = alone["input_ids"].shape[1]
-        expected, _ = model.model.get_rope_index(alone["input_ids"], alone["mm_token_type_ids"],
-                                                 alone.get("image_grid_thw"), attention_mask=alone["attention_mask"])
+        expected, _ = model.model.get_rope_index(
+            alone["input_ids"],
+            alone["mm_token_type_ids"],
+            alone.get("image_grid_thw"),
+            attention_mask=alone["attention_mask"],
+        )
         if "image_grid_thw" not in alone:
             expected = torch.arange(length).expand(3, 1, -1)
-        assert torch.equal(positions[1:, :, offset:offset + length], expected), sample.key
-        assert torch.equal(positions[0, 0, offset:offset + length], torch.arange(length)), sample.key
+        assert torch.equal(positions[1:, :, offset : offset + length], expected), sample.key
+        assert torch.equal(positions[0, 0, offset : offset + length], torch.arange(length)), sample.key
         offset += length

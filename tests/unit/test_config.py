@@ -1,36 +1,64 @@
 """The training config: typed keys, all errors at once, every shipped recipe valid, DeepSpeed JSON filled."""
+
 import json
 
 import pytest
 import yaml
-
 from conftest import ROOT
-from trainer.config.schema import ConfigError, TrainConfig, help_text, load
-from trainer.config.fields import to_dict
+
 from trainer.config import deepspeed_json
+from trainer.config.fields import to_dict
+from trainer.config.schema import ConfigError, TrainConfig, help_text, load
 
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 REQUIRED = ["model.path=m", "data.train=d"]
 
 
 def test_overrides_are_typed():
-    config = load(None, [*REQUIRED, "optimizer.lr=2e-5", "train.micro_batch_size=4", "lora.enabled=true",
-                         "optimizer.betas=[0.9, 0.95]", "tracking.tags=[a, b]"])
+    config = load(
+        None,
+        [
+            *REQUIRED,
+            "optimizer.lr=2e-5",
+            "train.micro_batch_size=4",
+            "lora.enabled=true",
+            "optimizer.betas=[0.9, 0.95]",
+            "tracking.tags=[a, b]",
+        ],
+    )
     assert config.optimizer.lr == 2e-5 and config.train.micro_batch_size == 4 and config.lora.enabled
     assert config.optimizer.betas == [0.9, 0.95] and config.tracking.tags == ["a", "b"]
 
 
 def test_every_problem_is_reported_at_once_naming_each_key():
     with pytest.raises(ConfigError) as caught:
-        load(None, ["train.lr=1", "model.dtype=float8", "train.micro_batch_size=many", "quant.load_in_4bit=true",
-                    "lora.r=0", "nonsense"])
+        load(
+            None,
+            [
+                "train.lr=1",
+                "model.dtype=float8",
+                "train.micro_batch_size=many",
+                "quant.load_in_4bit=true",
+                "lora.r=0",
+                "nonsense",
+            ],
+        )
     message = str(caught.value)
-    for expected in ("train.lr: unknown key (did you mean optimizer.lr?)", "model.dtype: 'float8' is not one of",
-                     "train.micro_batch_size: 'many' is not int", "'nonsense': overrides look like"):
+    for expected in (
+        "train.lr: unknown key (did you mean optimizer.lr?)",
+        "model.dtype: 'float8' is not one of",
+        "train.micro_batch_size: 'many' is not int",
+        "'nonsense': overrides look like",
+    ):
         assert expected in message
     with pytest.raises(ConfigError) as caught:
         load(None, ["quant.load_in_4bit=true", "lora.r=0"])
-    assert {p.split(":")[0] for p in caught.value.problems} >= {"model.path", "data.train", "quant.load_in_4bit", "lora.r"}
+    assert {p.split(":")[0] for p in caught.value.problems} >= {
+        "model.path",
+        "data.train",
+        "quant.load_in_4bit",
+        "lora.r",
+    }
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -62,8 +90,16 @@ def test_secrets_are_redacted():
 
 
 def test_deepspeed_auto_fields_are_filled():
-    config = load(None, [*REQUIRED, "train.micro_batch_size=4", "train.grad_accum=2", "train.precision=bf16",
-                         f"deepspeed.config={ROOT}/configs/deepspeed/zero3.json"])
+    config = load(
+        None,
+        [
+            *REQUIRED,
+            "train.micro_batch_size=4",
+            "train.grad_accum=2",
+            "train.precision=bf16",
+            f"deepspeed.config={ROOT}/configs/deepspeed/zero3.json",
+        ],
+    )
     resolved = deepspeed_json.resolve(config, world_size=8, hidden_size=64)
     assert resolved["train_batch_size"] == 64 and resolved["train_micro_batch_size_per_gpu"] == 4
     assert resolved["gradient_accumulation_steps"] == 2
@@ -74,7 +110,9 @@ def test_deepspeed_auto_fields_are_filled():
 
 def test_global_batch_mismatch_names_every_factor():
     config = load(None, [*REQUIRED, "train.micro_batch_size=4", "train.grad_accum=2", "train.global_batch_size=48"])
-    with pytest.raises(ConfigError, match=r"micro_batch_size 4 × grad_accum 2 × world size 4 = 32; grad_accum=3 would fit"):
+    with pytest.raises(
+        ConfigError, match=r"micro_batch_size 4 × grad_accum 2 × world size 4 = 32; grad_accum=3 would fit"
+    ):
         deepspeed_json.resolve(config, world_size=4, hidden_size=64)
 
 

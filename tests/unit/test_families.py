@@ -5,6 +5,7 @@ the family's published end-of-turn token; the prompt a training row puts before 
 prompt `evaluate`/`predict` generate from; the model's own forward and backward; a published template
 that cannot be split into prompt and answer is refused, naming its file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,20 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPLACED_TEMPLATES
+from test_collate import image, supervised_spans
 from transformers import AutoModelForImageTextToText
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from conftest import REPLACED_TEMPLATES
-from test_collate import image, supervised_spans
 from data_shards.sample import Sample, Turn
+from trainer.batches.collate import IGNORE_INDEX, build_collator, messages
 from trainer.chat.answers import TemplateError
 from trainer.chat.template import ChatRenderer, template_source, use_chat_template
-from trainer.batches.collate import IGNORE_INDEX, build_collator, messages
 from trainer.evaluate.generation import prompt_inputs
 from trainer.models.families.published import load
 from trainer.models.families.rules import packing_problem
-from trainer.models.mllama_fix import mask_image_free_rows
 from trainer.models.loading import lora_targets
+from trainer.models.mllama_fix import mask_image_free_rows
 from trainer.models.parts import find_parts
 from trainer.models.processor import load_processor
 from trainer.testing.tiny import KITS, build_tiny_model
@@ -38,13 +39,29 @@ UNSPLITTABLE_TEMPLATES = sorted(f for f in REPLACED_TEMPLATES if load(KITS[f][0]
 def mixed_samples() -> list[Sample]:
     """One image; text only over two exchanges; two images of different sizes (another language too)."""
     return [
-        Sample("one-image", [image(1, 64, 48)], [Turn("user", "<image>\nWhat color is the shape?"), Turn("assistant", "red")]),
-        Sample("text-only", [], [Turn("user", "Which color do you get by mixing blue and yellow?"),
-                                 Turn("assistant", "green"), Turn("user", "And red and white?"),
-                                 Turn("assistant", "pink")]),
-        Sample("two-images", [image(2), image(3, 40, 72)],
-               [Turn("user", "<image>\n<image>\nCompare the first image with the second. 比较两张图片。"),
-                Turn("assistant", "Second")]),
+        Sample(
+            "one-image",
+            [image(1, 64, 48)],
+            [Turn("user", "<image>\nWhat color is the shape?"), Turn("assistant", "red")],
+        ),
+        Sample(
+            "text-only",
+            [],
+            [
+                Turn("user", "Which color do you get by mixing blue and yellow?"),
+                Turn("assistant", "green"),
+                Turn("user", "And red and white?"),
+                Turn("assistant", "pink"),
+            ],
+        ),
+        Sample(
+            "two-images",
+            [image(2), image(3, 40, 72)],
+            [
+                Turn("user", "<image>\n<image>\nCompare the first image with the second. 比较两张图片。"),
+                Turn("assistant", "Second"),
+            ],
+        ),
     ]
 
 
@@ -115,9 +132,12 @@ def test_answers_agree_with_the_generation_markers_where_the_template_has_them(l
     end = load(KITS[family][0]).data["end_of_turn"]
     for sample in mixed_samples():
         chat = messages(sample)
-        (marked,), (indices,) = render_jinja_template([chat], chat_template=processor.chat_template,
-                                                      return_assistant_tokens_mask=True,
-                                                      **processor.tokenizer.special_tokens_map)
+        (marked,), (indices,) = render_jinja_template(
+            [chat],
+            chat_template=processor.chat_template,
+            return_assistant_tokens_mask=True,
+            **processor.tokenizer.special_tokens_map,
+        )
         rendered = build.answers(chat)
         ours = [rendered.text[start:end_].removesuffix(end).strip() for start, end_ in rendered.spans]
         assert ours == [marked[start:end_].strip() for start, end_ in indices], sample.key

@@ -1,27 +1,37 @@
 """Skipping an optimizer step after a non-finite loss: DeepSpeed's own checks in every engine shardtune builds,
 our optimizer where DeepSpeed has none, and the DeepSpeed JSON switches that would turn them off."""
+
 import json
 import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, run_process_group, training_env
+
 from trainer.config import deepspeed_json
-from trainer.train.state import TrainerState
-from trainer.config.schema import load
 from trainer.config.fields import ConfigError
+from trainer.config.schema import load
 from trainer.distributed.world import free_port
 from trainer.train.agreement import NonFiniteLossError, count_step
 from trainer.train.optim import FiniteAdamW
+from trainer.train.state import TrainerState
 
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_every_engine_skips_the_step_of_a_nan_loss_on_one_rank_on_every_rank(tmp_path, torch_extensions):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(ROOT / "tests/unit/nonfinite_worker.py"), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "tests/unit/nonfinite_worker.py"),
+        str(tmp_path),
+    ]
     result = run_process_group(command, {**training_env(), **torch_extensions}, timeout=800)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads(line) for rank in (0, 1) for line in (tmp_path / f"rank{rank}.jsonl").read_text().splitlines()]
@@ -63,8 +73,10 @@ def test_a_deepspeed_json_that_turns_the_overflow_checks_off_is_refused(switch, 
         deepspeed_json.resolve(config, 2, 64)
 
 
-@pytest.mark.parametrize("stage,precision,unchecked", [(0, "fp32", True), (0, "bf16", False), (0, "fp16", False),
-                                                       (1, "fp32", False), (3, "fp32", False)])
+@pytest.mark.parametrize(
+    "stage,precision,unchecked",
+    [(0, "fp32", True), (0, "bf16", False), (0, "fp16", False), (1, "fp32", False), (3, "fp32", False)],
+)
 def test_only_zero_stage_0_in_fp32_hands_our_optimizer_unchecked_gradients(stage, precision, unchecked):
     config = load(ROOT / "configs/demo.yaml", [f"deepspeed.zero_stage={stage}", f"train.precision={precision}"])
     assert deepspeed_json.passes_gradients_unchecked(deepspeed_json.resolve(config, 2, 64)) is unchecked
@@ -73,8 +85,14 @@ def test_only_zero_stage_0_in_fp32_hands_our_optimizer_unchecked_gradients(stage
 def test_skips_after_nan_losses_abort_in_a_row_and_fp16_overflows_never_do():
     state = TrainerState(step=4)
     outcomes = [(False, True), (False, False), (False, True), (True, False), (False, True), (False, True)]
-    assert [count_step(state, applied, nonfinite, 3, lambda: "step00000004") for applied, nonfinite in outcomes] == \
-        [False, False, False, True, False, False]
+    assert [count_step(state, applied, nonfinite, 3, lambda: "step00000004") for applied, nonfinite in outcomes] == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
     assert (state.skipped_steps, state.bad_steps) == (5, 2)  # the applied step reset the run of bad ones
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row .* last good checkpoint: step00000004"):
         count_step(state, False, True, 3, lambda: "step00000004")

@@ -1,4 +1,5 @@
 """Image checks and normalisation: broken files are rejected with a reason, unusual ones normalised."""
+
 import io
 
 import numpy as np
@@ -24,11 +25,14 @@ def test_clean_rgb_jpeg_passes_through_byte_for_byte(tmp_path):
     assert (prepared.format, prepared.width, prepared.height, prepared.changes) == ("jpeg", 20, 10, [])
 
 
-@pytest.mark.parametrize("reason, write", [
-    ("missing_image", lambda p: None),
-    ("zero_byte_image", lambda p: p.write_bytes(b"")),
-    ("unreadable_image", lambda p: p.write_bytes(b"this is not an image at all" * 10)),
-])
+@pytest.mark.parametrize(
+    "reason, write",
+    [
+        ("missing_image", lambda p: None),
+        ("zero_byte_image", lambda p: p.write_bytes(b"")),
+        ("unreadable_image", lambda p: p.write_bytes(b"this is not an image at all" * 10)),
+    ],
+)
 def test_broken_files_are_rejected_with_a_reason(tmp_path, reason, write):
     path = tmp_path / "x.jpg"
     write(path)

@@ -1,4 +1,5 @@
 """A lock left by a killed JIT build of a DeepSpeed op is refused, naming the file; a live build's is waited on."""
+
 import os
 import time
 

@@ -1,13 +1,14 @@
 """Preflight: every input and output path checked at once, before the model loads, each named as given."""
+
 import shutil
 
 import pytest
+from conftest import ROOT
 from huggingface_hub import constants
 
-from conftest import ROOT
 from data_shards.index import INDEX_NAME
-from trainer.train.cli import main, parser
 from trainer.config.schema import ConfigError, load
+from trainer.train.cli import main, parser
 from trainer.train.preflight import preflight
 
 ZERO2 = ROOT / "configs/deepspeed/zero2.json"
@@ -16,8 +17,13 @@ ZERO2 = ROOT / "configs/deepspeed/zero2.json"
 @pytest.fixture
 def valid(tiny_llava, color_shards, tmp_path):
     """Overrides of a config that passes preflight; a test replaces one key to break it."""
-    return {"model.path": tiny_llava, "data.train": color_shards / "train", "data.val": color_shards / "val",
-            "deepspeed.config": ZERO2, "train.output_dir": tmp_path / "run"}
+    return {
+        "model.path": tiny_llava,
+        "data.train": color_shards / "train",
+        "data.val": color_shards / "val",
+        "deepspeed.config": ZERO2,
+        "train.output_dir": tmp_path / "run",
+    }
 
 
 def problems(overrides: dict, **changes) -> list[str]:
@@ -53,8 +59,10 @@ def test_model_folder_needs_config_tokenizer_and_processor(valid, tiny_llava, tm
     bare.mkdir()
     shutil.copy(tiny_llava / "config.json", bare)
     found = problems(valid, model_path=bare)
-    assert [p.split(" (")[0] for p in found] == [f"model.path: {bare} has no tokenizer",
-                                                 f"model.path: {bare} has no processor config"]
+    assert [p.split(" (")[0] for p in found] == [
+        f"model.path: {bare} has no tokenizer",
+        f"model.path: {bare} has no processor config",
+    ]
     assert "tokenizer_config.json" in found[0] and "preprocessor_config.json" in found[1]
 
 
@@ -117,10 +125,12 @@ def test_brace_source_needs_an_index(valid, color_shards, tmp_path):
     pattern = f"{loose}/shard-{{000000..000001}}.tar"
     assert problems(valid, data_train=pattern) == [
         f"data.train: {pattern} needs data.index (no {INDEX_NAME} next to its shards: {loose / INDEX_NAME} "
-        "does not exist)"]
+        "does not exist)"
+    ]
     missing_index = tmp_path / "elsewhere" / INDEX_NAME
     assert problems(valid, data_train=pattern, data_index=missing_index) == [
-        f"data.index: {missing_index} does not exist (the index of data.train={pattern})"]
+        f"data.index: {missing_index} does not exist (the index of data.train={pattern})"
+    ]
     sibling = f"{color_shards / 'train'}/shard-{{000000..000001}}.tar"
     assert problems(valid, data_train=sibling) == []  # the stream finds the index next to local shards
 
@@ -128,8 +138,9 @@ def test_brace_source_needs_an_index(valid, color_shards, tmp_path):
 def test_pipe_source_needs_an_index(valid, color_shards):
     source = f"pipe:cat {color_shards / 'train'}/shard-{{000000..000001}}.tar"
     found = problems(valid, data_train=source)
-    assert found == [f"data.train: {source} is a pipe: source; set data.index (a path, or a pipe: command printing "
-                     f"{INDEX_NAME})"]
+    assert found == [
+        f"data.train: {source} is a pipe: source; set data.index (a path, or a pipe: command printing {INDEX_NAME})"
+    ]
     assert problems(valid, data_train=source, data_index=color_shards / "train" / INDEX_NAME) == []
 
 
@@ -145,12 +156,14 @@ def test_bad_deepspeed_json_gives_line_and_column(valid, tmp_path):
     broken = tmp_path / "ds.json"
     broken.write_text('{\n  "zero_optimization": {"stage": 2},\n  "gradient_clipping": \n}\n')
     assert problems(valid, deepspeed_config=broken) == [
-        f"deepspeed.config: {broken} is not valid JSON: Expecting value at line 4, column 1"]
+        f"deepspeed.config: {broken} is not valid JSON: Expecting value at line 4, column 1"
+    ]
     absent = tmp_path / "absent.json"
     assert problems(valid, deepspeed_config=absent) == [f"deepspeed.config: {absent} does not exist"]
     broken.write_text("[1, 2]")
     assert problems(valid, deepspeed_config=broken) == [
-        f"deepspeed.config: {broken} must hold a JSON object, not a list"]
+        f"deepspeed.config: {broken} must hold a JSON object, not a list"
+    ]
 
 
 def test_output_dir_that_is_a_file(valid, tmp_path):
@@ -159,7 +172,8 @@ def test_output_dir_that_is_a_file(valid, tmp_path):
     assert problems(valid, train_output_dir=occupied) == [f"train.output_dir: {occupied} is a file, not a folder"]
     below = occupied / "run"
     assert problems(valid, train_output_dir=below) == [
-        f"train.output_dir: {below} cannot be created: {occupied} is a file"]
+        f"train.output_dir: {below} cannot be created: {occupied} is a file"
+    ]
 
 
 def test_resume_path_must_exist_and_be_complete(valid, tmp_path):
@@ -176,10 +190,23 @@ def test_resume_path_must_exist_and_be_complete(valid, tmp_path):
 def test_every_problem_is_reported_in_one_error(valid, tmp_path):
     occupied = tmp_path / "file"
     occupied.write_text("")
-    found = problems(valid, model_path=tmp_path / "m", data_train="/nope", data_val=tmp_path / "v",
-                     deepspeed_config=tmp_path / "ds.json", train_output_dir=occupied, checkpoint_resume=tmp_path / "c")
-    assert [p.split(":")[0] for p in found] == ["model.path", "data.train", "data.val", "deepspeed.config",
-                                                "train.output_dir", "checkpoint.resume"]
+    found = problems(
+        valid,
+        model_path=tmp_path / "m",
+        data_train="/nope",
+        data_val=tmp_path / "v",
+        deepspeed_config=tmp_path / "ds.json",
+        train_output_dir=occupied,
+        checkpoint_resume=tmp_path / "c",
+    )
+    assert [p.split(":")[0] for p in found] == [
+        "model.path",
+        "data.train",
+        "data.val",
+        "deepspeed.config",
+        "train.output_dir",
+        "checkpoint.resume",
+    ]
     assert "data.train: /nope does not exist" in found
 
 
@@ -197,21 +224,44 @@ def test_main_exits_2_naming_the_path(valid, capsys):
 
 def test_options_and_overrides_in_any_order(valid, tmp_path, capsys):
     recipe = ROOT / "configs/demo.yaml"
-    args = parser().parse_intermixed_args(["--config", str(recipe), "optimizer.lr=1e-4", "--resume", "auto",
-                                           "train.max_steps=10", "--local_rank=1"])
+    args = parser().parse_intermixed_args(
+        ["--config", str(recipe), "optimizer.lr=1e-4", "--resume", "auto", "train.max_steps=10", "--local_rank=1"]
+    )
     assert args.config == recipe and args.resume == "auto" and args.local_rank == 1
     assert args.overrides == ["optimizer.lr=1e-4", "train.max_steps=10"]
     absent = tmp_path / "no-checkpoint"
     first, *rest = overrides_for(valid)
-    assert main(["--local_rank", "0", first, "--config", str(recipe), *rest[:2], "--resume", str(absent),
-                 *rest[2:], "train.max_steps=10"]) == 2  # parsed (no usage error, exit 2 from preflight)
+    assert (
+        main(
+            [
+                "--local_rank",
+                "0",
+                first,
+                "--config",
+                str(recipe),
+                *rest[:2],
+                "--resume",
+                str(absent),
+                *rest[2:],
+                "train.max_steps=10",
+            ]
+        )
+        == 2
+    )  # parsed (no usage error, exit 2 from preflight)
     err = capsys.readouterr().err
     assert "unrecognized arguments" not in err
     assert err.strip().splitlines()[1:] == [f"  checkpoint.resume: {absent} does not exist"]
 
 
 def test_a_missing_chat_template_file_is_named(tiny_llava, color_shards, tmp_path):
-    config = load(None, [f"model.path={tiny_llava}", f"data.train={color_shards / 'train'}",
-                         f"train.output_dir={tmp_path / 'run'}", "model.chat_template=/no/template.jinja"])
+    config = load(
+        None,
+        [
+            f"model.path={tiny_llava}",
+            f"data.train={color_shards / 'train'}",
+            f"train.output_dir={tmp_path / 'run'}",
+            "model.chat_template=/no/template.jinja",
+        ],
+    )
     with pytest.raises(ConfigError, match="model.chat_template: /no/template.jinja is not a file"):
         preflight(config)

@@ -15,6 +15,7 @@ gradients by 3 %–22 % (median ~12 %), which the test checks as a control (> 10
 See also bitsandbytes 0.50 on CPU in NOTES-ENV.md: an eval-mode forward whose input does not
 require grad repacks the 4-bit weights for an AVX512-BF16 inference kernel, which breaks training.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,9 +35,9 @@ from trainer.config.schema import ConfigError, load  # noqa: E402
 from trainer.evaluate.generation import EvalCollator, evaluate  # noqa: E402
 from trainer.models.loading import prepare_model  # noqa: E402
 from trainer.models.parts import find_parts  # noqa: E402
-from trainer.train.optim import parameter_groups  # noqa: E402
 from trainer.models.processor import load_processor  # noqa: E402
 from trainer.testing.tiny import SMALL_IMAGE, build_tiny_model  # noqa: E402
+from trainer.train.optim import parameter_groups  # noqa: E402
 
 QLORA_FAMILIES = ("llava", "qwen2_vl")
 CPU = torch.device("cpu")
@@ -46,11 +47,11 @@ LAYERS, PROJECTIONS = 2, 7  # tiny language model: 2 layers × (q, k, v, o, gate
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="session")
 def qlora_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("qlora-models")
-    return {family: build_tiny_model(family, root / family, image_size=SMALL_IMAGE)
-            for family in QLORA_FAMILIES}
+    return {family: build_tiny_model(family, root / family, image_size=SMALL_IMAGE) for family in QLORA_FAMILIES}
 
 
 @pytest.fixture(params=QLORA_FAMILIES)
@@ -64,8 +65,14 @@ def path(qlora_models, family) -> Path:
 
 
 def settings(path: Path, *extra: str, quantised: bool = True):
-    overrides = [f"model.path={path}", "data.train=x", "lora.enabled=true", "model.dtype=float32",
-                 f"quant.load_in_4bit={'true' if quantised else 'false'}", *extra]
+    overrides = [
+        f"model.path={path}",
+        "data.train=x",
+        "lora.enabled=true",
+        "model.dtype=float32",
+        f"quant.load_in_4bit={'true' if quantised else 'false'}",
+        *extra,
+    ]
     return load(None, overrides)
 
 
@@ -79,17 +86,30 @@ def prepared(path: Path, *extra: str, quantised: bool = True):
 
 def image(seed: int) -> ImageData:
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+        buffer, format="PNG"
+    )
     return ImageData(buffer.getvalue(), "png")
 
 
 def samples() -> list[Sample]:
     return [
         Sample("one-image", [image(1)], [Turn("user", "<image>\nWhat color is the shape?"), Turn("assistant", "red")]),
-        Sample("text-only", [], [Turn("user", "Which color do you get by mixing blue and yellow?"),
-                                 Turn("assistant", "green")]),
-        Sample("two-exchanges", [image(2)], [Turn("user", "<image>\nWhat shape is this?"), Turn("assistant", "circle"),
-                                             Turn("user", "What color is the shape?"), Turn("assistant", "blue")]),
+        Sample(
+            "text-only",
+            [],
+            [Turn("user", "Which color do you get by mixing blue and yellow?"), Turn("assistant", "green")],
+        ),
+        Sample(
+            "two-exchanges",
+            [image(2)],
+            [
+                Turn("user", "<image>\nWhat shape is this?"),
+                Turn("assistant", "circle"),
+                Turn("user", "What color is the shape?"),
+                Turn("assistant", "blue"),
+            ],
+        ),
     ]
 
 
@@ -132,7 +152,8 @@ def fp32_reference(quantised, path: Path, dequantised: bool = True):
             elif not isinstance(trainable[name], bnb.nn.Params4bit):
                 assert torch.equal(parameter, trainable[name]), f"{name} differs between the two loads"
     assert {n for n, p in reference.named_parameters() if p.requires_grad} == {
-        n for n, p in quantised.named_parameters() if p.requires_grad}
+        n for n, p in quantised.named_parameters() if p.requires_grad
+    }
     return reference
 
 
@@ -145,8 +166,9 @@ def loss_and_gradients(model, inputs) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     loss = model(**inputs).loss
     loss.backward()
-    return float(loss.detach()), {name: p.grad.detach().clone() for name, p in model.named_parameters()
-                                  if p.requires_grad and p.grad is not None}
+    return float(loss.detach()), {
+        name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad and p.grad is not None
+    }
 
 
 def relative_errors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -154,6 +176,7 @@ def relative_errors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor])
 
 
 # ---------------------------------------------------------------------------------------------- structure
+
 
 def test_language_linears_are_nf4_and_vision_projector_head_stay_full_precision(path, family):
     model, parts, _ = prepared(path)
@@ -184,7 +207,9 @@ def test_language_linears_are_nf4_and_vision_projector_head_stay_full_precision(
     # LoRA wraps every one of them (lora.target_modules empty: every Linear of the language model)
     assert all(name.endswith(".base_layer") for name in quantised_layers)
     wrapped = {name.removesuffix(".base_layer") for name in quantised_layers}
-    assert wrapped == {name.removesuffix(".lora_A.default") for name in kinds["language"] if name.endswith(".lora_A.default")}
+    assert wrapped == {
+        name.removesuffix(".lora_A.default") for name in kinds["language"] if name.endswith(".lora_A.default")
+    }
     assert kinds["vision"] and kinds["projector"] and "lm_head" in kinds["other"]
 
 
@@ -207,6 +232,7 @@ def test_model_is_in_train_mode_with_only_lora_and_projector_trainable(path, fam
 
 # ---------------------------------------------------------------------------------------------- gradients
 
+
 def test_lora_gradients_equal_a_dequantised_fp32_reference(path, family):
     """Text-only batch first (its first layer's input does not require grad: the case bitsandbytes would
     repack in eval mode, so a model left in eval mode by loading fails here), then the mixed batch."""
@@ -222,8 +248,9 @@ def test_lora_gradients_equal_a_dequantised_fp32_reference(path, family):
             assert not any("modules_to_save" in name for name in expected)
         for name in expected:
             assert expected[name].abs().max() > 0, f"{name}: zero reference gradient makes the comparison vacuous"
-            torch.testing.assert_close(gradients[name], expected[name], rtol=RTOL, atol=ATOL,
-                                       msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(
+                gradients[name], expected[name], rtol=RTOL, atol=ATOL, msg=lambda m, name=name: f"{name}: {m}"
+            )
         assert loss == pytest.approx(reference_loss, rel=RTOL)
     # control: the original fp32 weights give visibly different gradients, so the tolerance is tight
     # enough to see whether the 4-bit layers compute with exactly their dequantised weights
@@ -285,20 +312,25 @@ def test_evaluation_keeps_train_mode_for_qlora_and_gradients_stay_exact(path, fa
     class Engine:
         module, device = model, CPU
 
-    metrics = evaluate(Engine(), [eval_batch], processor.tokenizer, max_batches=0, max_new_tokens=2, synced=False,
-                       keep_train_mode=True)
+    metrics = evaluate(
+        Engine(), [eval_batch], processor.tokenizer, max_batches=0, max_new_tokens=2, synced=False, keep_train_mode=True
+    )
     assert metrics["eval/samples"] == len(samples()) and np.isfinite(metrics["eval/loss"])
     assert model.training
-    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
-                   for m in linear4bit_modules(model).values())
+    assert not any(
+        getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in linear4bit_modules(model).values()
+    )
     inputs = collated(path, model)
     _, gradients = loss_and_gradients(model, inputs)
     _, expected = loss_and_gradients(reference, inputs)
     for name in expected:
-        torch.testing.assert_close(gradients[name], expected[name], rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            gradients[name], expected[name], rtol=RTOL, atol=ATOL, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- training
+
 
 def test_adamw_steps_reduce_the_loss_and_leave_4bit_weights_untouched(path, family):
     model, parts, config = prepared(path, "optimizer.lr=0.003")
@@ -337,6 +369,7 @@ def test_an_unfrozen_vision_tower_is_trained_under_qlora_or_refused(qlora_models
 
 # ---------------------------------------------------------------------------------------------- config
 
+
 def test_config_refuses_4bit_without_lora(qlora_models):
     overrides = [f"model.path={qlora_models['llava']}", "data.train=x", "quant.load_in_4bit=true"]
     with pytest.raises(ConfigError) as raised:
@@ -347,8 +380,13 @@ def test_config_refuses_4bit_without_lora(qlora_models):
 
 
 def test_config_refuses_half_precision_training_over_full_precision_4bit_storage(qlora_models):
-    overrides = [f"model.path={qlora_models['llava']}", "data.train=x", "quant.load_in_4bit=true", "lora.enabled=true",
-                 "train.precision=bf16"]
+    overrides = [
+        f"model.path={qlora_models['llava']}",
+        "data.train=x",
+        "quant.load_in_4bit=true",
+        "lora.enabled=true",
+        "train.precision=bf16",
+    ]
     with pytest.raises(ConfigError, match="set model.dtype=bfloat16"):
         load(None, [*overrides, "model.dtype=float32"])
     assert load(None, [*overrides, "model.dtype=bfloat16"]).train.precision == "bf16"

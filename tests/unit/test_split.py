@@ -1,4 +1,5 @@
 """Splits are seeded, sized as asked, stratified by label, and never leak a group."""
+
 from collections import Counter
 
 import pytest
@@ -57,11 +58,14 @@ def test_kfold_holds_out_each_sample_exactly_once():
     assert held_out == Counter(range(50))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("train=0.9,val=0.2", "sum to 1"),
-    ("train=0.5,train=0.5", "distinct"),
-    ("train", "NAME=FRACTION"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train=0.9,val=0.2", "sum to 1"),
+        ("train=0.5,train=0.5", "distinct"),
+        ("train", "NAME=FRACTION"),
+    ],
+)
 def test_bad_split_specs_are_refused(text, message):
     with pytest.raises(SplitError, match=message):
         SplitSpec.parse(text)

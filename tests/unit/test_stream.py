@@ -4,6 +4,7 @@ corrupt-shard policy, pipe: URLs, brace patterns and decoding, on shards written
 Every sample n is an 8x8 solid JPEG and an 8x8 solid palette PNG of colour(n), keyed `s{n:03d}`,
 so what comes out of the loader can be traced back to what was written.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,8 +35,10 @@ multiprocess = pytest.mark.multiprocess
 def workers_param(*counts):
     """num_workers values; those that start DataLoader workers carry the multiprocess mark."""
     many = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # > CPUs on small CI
-    return [pytest.param(n, marks=[multiprocess, many], id=f"workers{n}") if n else pytest.param(0, id="workers0")
-            for n in counts]
+    return [
+        pytest.param(n, marks=[multiprocess, many], id=f"workers{n}") if n else pytest.param(0, id="workers0")
+        for n in counts
+    ]
 
 
 # ----------------------------------------------------------------------------- building shards
@@ -152,7 +155,7 @@ def flat(batches: list[list[str]]) -> list[str]:
 
 
 def batched(keys: list[str], size: int) -> list[list[str]]:
-    return [keys[i:i + size] for i in range(0, len(keys), size)]
+    return [keys[i : i + size] for i in range(0, len(keys), size)]
 
 
 def take(loader: ShardLoader, batches: int) -> list[list[str]]:
@@ -181,12 +184,15 @@ def read_ranks(split: Split, world: int, workers: int, **config) -> list[list[li
 
 
 @pytest.mark.parametrize("remainder", ["pad", "drop"])
-@pytest.mark.parametrize("world, workers, dataset", [
-    pytest.param(2, 2, "even", marks=multiprocess, id="2ranks-2workers-28"),
-    pytest.param(3, 2, "odd", marks=multiprocess, id="3ranks-2workers-27"),
-    pytest.param(1, 0, "even", id="1rank-0workers-28"),
-    pytest.param(1, 0, "odd", id="1rank-0workers-27"),
-])
+@pytest.mark.parametrize(
+    "world, workers, dataset",
+    [
+        pytest.param(2, 2, "even", marks=multiprocess, id="2ranks-2workers-28"),
+        pytest.param(3, 2, "odd", marks=multiprocess, id="3ranks-2workers-27"),
+        pytest.param(1, 0, "even", id="1rank-0workers-28"),
+        pytest.param(1, 0, "odd", id="1rank-0workers-27"),
+    ],
+)
 def test_divisible_total_reads_every_sample_exactly_once(request, world, workers, dataset, remainder):
     split = request.getfixturevalue(dataset)
     assert len(split.keys) % world == 0
@@ -197,10 +203,13 @@ def test_divisible_total_reads_every_sample_exactly_once(request, world, workers
     assert Counter(key for batches in ranks for key in flat(batches)) == Counter(split.keys)
 
 
-@pytest.mark.parametrize("world, workers, dataset", [
-    pytest.param(2, 2, "odd", marks=multiprocess, id="2ranks-2workers-27"),
-    pytest.param(3, 2, "even", marks=multiprocess, id="3ranks-2workers-28"),
-])
+@pytest.mark.parametrize(
+    "world, workers, dataset",
+    [
+        pytest.param(2, 2, "odd", marks=multiprocess, id="2ranks-2workers-27"),
+        pytest.param(3, 2, "even", marks=multiprocess, id="3ranks-2workers-28"),
+    ],
+)
 def test_indivisible_total_pad_gives_equal_counts_and_pads_minimally(request, world, workers, dataset):
     split = request.getfixturevalue(dataset)
     total = len(split.keys)
@@ -217,10 +226,13 @@ def test_indivisible_total_pad_gives_equal_counts_and_pads_minimally(request, wo
     assert max(counts.values()) == 2
 
 
-@pytest.mark.parametrize("world, workers, dataset", [
-    pytest.param(2, 2, "odd", marks=multiprocess, id="2ranks-2workers-27"),
-    pytest.param(3, 2, "even", marks=multiprocess, id="3ranks-2workers-28"),
-])
+@pytest.mark.parametrize(
+    "world, workers, dataset",
+    [
+        pytest.param(2, 2, "odd", marks=multiprocess, id="2ranks-2workers-27"),
+        pytest.param(3, 2, "even", marks=multiprocess, id="3ranks-2workers-28"),
+    ],
+)
 def test_indivisible_total_drop_gives_equal_counts_without_repeats(request, world, workers, dataset):
     split = request.getfixturevalue(dataset)
     total = len(split.keys)
@@ -245,8 +257,9 @@ def test_invalid_remainder_is_refused():
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
 @pytest.mark.parametrize("workers", workers_param(0, 1, 2, 3))
 def test_loader_order_equals_plan_whatever_the_worker_count(even, workers, batch_size):
-    loader = open_loader(even.path, rank=1, world=2, workers=workers, batch_size=batch_size, seed=11,
-                         block_shards=2, decode=False)
+    loader = open_loader(
+        even.path, rank=1, world=2, workers=workers, batch_size=batch_size, seed=11, block_shards=2, decode=False
+    )
     expected = even.plan_keys(loader.stream)
     assert len(expected) == 14
     assert read_batches(loader) == batched(expected, batch_size)
@@ -390,7 +403,7 @@ def take_state(split: Split, **config) -> dict:
 
 def truncate_half(path: Path) -> None:
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
 
 
 def test_truncated_shard_is_dropped_up_front_with_skip(damaged):

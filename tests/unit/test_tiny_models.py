@@ -2,6 +2,7 @@
 
 The three fast families at the kit's small vision input; every family at its published settings: test_families.py.
 """
+
 import json
 
 import numpy as np
@@ -12,8 +13,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, BitsAndBytesConfig
 from transformers.utils import is_torchvision_available
 
-from trainer.models.processor import load_processor
 from trainer.models.families.published import load
+from trainer.models.processor import load_processor
 from trainer.testing.tiny import ANSWER_WORDS, FAMILIES, KITS, SMALL_IMAGE, build_tiny_model
 
 IMAGE_TOKENS_PER_32PX_IMAGE = {"llava": 16, "llava_next": 36, "qwen2_vl": 4}
@@ -45,7 +46,11 @@ def chat(question: str, images: int = 1, answer: str = "red"):
     """A system turn, a user turn with `images` images and `question`, the answer: content as typed parts, the
     form every published template reads."""
     user = [{"type": "image"}] * images + [{"type": "text", "text": question}]
-    return [SYSTEM, {"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    return [
+        SYSTEM,
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
 
 
 def encode(processor, messages, images, **template_options):
@@ -71,7 +76,9 @@ def test_built_directory_loads_through_the_auto_classes(built, loaded, family):
     tokenizer = processor.tokenizer
     assert len(tokenizer) <= model.config.text_config.vocab_size and model.config.text_config.vocab_size % 64 == 0
     assert (model.generation_config.eos_token_id, model.generation_config.pad_token_id) == (
-        tokenizer.eos_token_id, tokenizer.pad_token_id)
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
     assert sum(parameter.numel() for parameter in model.parameters()) < 1_000_000
     assert json.loads((built[family] / "tiny_model.json").read_text())["family"] == family
 
@@ -81,8 +88,12 @@ def test_llava_processors_load_with_auto_processor(built, family, processor_clas
     assert type(AutoProcessor.from_pretrained(built[family])).__name__ == processor_class
 
 
-@pytest.mark.xfail(not is_torchvision_available(), raises=ImportError, strict=True,
-                   reason="transformers 5 builds the torchvision-only Qwen2VLVideoProcessor in AutoProcessor")
+@pytest.mark.xfail(
+    not is_torchvision_available(),
+    raises=ImportError,
+    strict=True,
+    reason="transformers 5 builds the torchvision-only Qwen2VLVideoProcessor in AutoProcessor",
+)
 def test_qwen2_vl_processor_loads_with_auto_processor(built):
     processor = AutoProcessor.from_pretrained(built["qwen2_vl"])
     assert type(processor).__name__ == "Qwen2VLProcessor"
@@ -105,8 +116,11 @@ def test_every_linear_fits_bitsandbytes_4bit(loaded):
 def test_language_model_loads_in_4bit_and_trains(built, family):
     pytest.importorskip("bitsandbytes")
     quantization = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
-        llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "model.visual", "lm_head"])
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "model.visual", "lm_head"],
+    )
     model = AutoModelForImageTextToText.from_pretrained(built[family], quantization_config=quantization)
     model.train()
     assert sum(type(module).__name__ == "Linear4bit" for module in model.modules()) == 2 * 7  # layers x projections
@@ -170,13 +184,17 @@ def test_answer_words_are_single_tokens(built, family):
         if sentencepiece:
             assert len(tokenizer.tokenize("ASSISTANT: " + word)) == len(tokenizer.tokenize("ASSISTANT:")) + 1, word
         else:
-            assert tokenizer.tokenize("\n" + word)[1:] == tokenizer.tokenize(word) and len(tokenizer.tokenize(word)) == 1
+            assert (
+                tokenizer.tokenize("\n" + word)[1:] == tokenizer.tokenize(word) and len(tokenizer.tokenize(word)) == 1
+            )
 
 
 def test_same_seed_gives_the_same_weights_and_another_seed_others(built, family, tmp_path):
     reference = load_file(built[family] / "model.safetensors")
     same = load_file(build_tiny_model(family, tmp_path / "same", seed=0, image_size=SMALL_IMAGE) / "model.safetensors")
-    other = load_file(build_tiny_model(family, tmp_path / "other", seed=1, image_size=SMALL_IMAGE) / "model.safetensors")
+    other = load_file(
+        build_tiny_model(family, tmp_path / "other", seed=1, image_size=SMALL_IMAGE) / "model.safetensors"
+    )
     assert reference.keys() == same.keys() == other.keys()
     assert all(torch.equal(reference[name], same[name]) for name in reference)
     assert not all(torch.equal(reference[name], other[name]) for name in reference)

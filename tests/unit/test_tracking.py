@@ -1,4 +1,5 @@
 """metrics.jsonl: a fresh run starts it over, a resumed run continues it; rank 0 only."""
+
 import json
 
 from trainer.config.schema import TrackingSection

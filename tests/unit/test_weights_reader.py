@@ -1,4 +1,5 @@
 """SafetensorsWeights: a model folder's tensors read one at a time, under the model's own names."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -16,7 +17,8 @@ from trainer.export.safetensors_reader import SafetensorsWeights
 def sharded_bf16(tiny_llava, tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded") / "model"
     AutoModelForImageTextToText.from_pretrained(tiny_llava, dtype=torch.bfloat16).save_pretrained(
-        out, max_shard_size="100KB")
+        out, max_shard_size="100KB"
+    )
     return out
 
 
@@ -24,7 +26,8 @@ def stored_tensors(folder):
     tensors = {}
     for path in folder.glob("*.safetensors"):
         with safe_open(str(path), "pt") as handle:
-            tensors.update({name: handle.get_tensor(name) for name in handle.keys()})
+            names = handle.keys()  # noqa: SIM118 -- safe_open is not a dict
+            tensors.update({name: handle.get_tensor(name) for name in names})
     return tensors
 
 
@@ -51,7 +54,7 @@ def test_a_folder_without_safetensors_is_none_and_a_truncated_file_names_itself(
     weights = SafetensorsWeights.open(sharded_bf16)
     name = max(weights.tensors, key=lambda n: weights.tensors[n].nbytes)
     copy = tmp_path / "cut.safetensors"
-    copy.write_bytes(weights.tensors[name].file.read_bytes()[:weights.tensors[name].start + 10])
+    copy.write_bytes(weights.tensors[name].file.read_bytes()[: weights.tensors[name].start + 10])
     cut = SafetensorsWeights({name: replace(weights.tensors[name], file=copy)})
     with pytest.raises(OSError, match="cut.safetensors: truncated inside tensor"):
         cut.read(name)

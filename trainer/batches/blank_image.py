@@ -9,6 +9,7 @@ they are without it, while the vision tower and projector run (and get zero grad
 Mllama's images enter through cross-attention: no real token's `cross_attention_mask` row sees the blank,
 so those tokens pass the cross-attention layers unchanged (`trainer.models.mllama_fix`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,15 @@ from PIL import Image
 from trainer.chat.tokens import IGNORE_INDEX
 
 # cross_attention_mask: Mllama's (rows, tokens, images, tiles), the tiles each token sees; its images are per row
-PER_TOKEN = ("input_ids", "attention_mask", "labels", "position_ids", "token_type_ids", "mm_token_type_ids",
-             "cross_attention_mask")
+PER_TOKEN = (
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "position_ids",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "cross_attention_mask",
+)
 BLANK_SIDE = 32  # the processor resizes it to its smallest valid input
 
 
@@ -33,8 +41,9 @@ class BlankImage:
         self.per_image = {k: v for k, v in encoded.items() if k not in self.per_token}
         self.pad_id = processor.tokenizer.pad_token_id
 
-    def add(self, inputs: dict[str, torch.Tensor], packed: bool = False,
-            left: bool | None = None) -> dict[str, torch.Tensor]:
+    def add(
+        self, inputs: dict[str, torch.Tensor], packed: bool = False, left: bool | None = None
+    ) -> dict[str, torch.Tensor]:
         """`inputs` (a batch without images) with the blank image added. `left`: the batch is left-padded (None: as
         its attention mask shows; InternVL's processor pads left by default)."""
         if any(key in inputs for key in self.per_image):
@@ -73,23 +82,21 @@ class BlankImage:
         row = int(free.argmax())
         widen = max(0, size - int(free[row]))
         start = 0 if left else mask.shape[1] - int(free[row])
-        out = {k: pad_columns(v, widen, self.fill(k), left, dim=1) if is_per_token(k) else v
-               for k, v in inputs.items()}
+        out = {k: pad_columns(v, widen, self.fill(k), left, dim=1) if is_per_token(k) else v for k, v in inputs.items()}
         for key, value in out.items():
             if is_per_token(key):
-                value[row, start:start + size] = self.token_values(key, value)
+                value[row, start : start + size] = self.token_values(key, value)
         return out, row
 
     def append_block(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A packed batch (no attention mask): a block of its own at the end of the first row, its position ids
         restarting, so the block-diagonal attention keeps it apart from every sample."""
         size = len(self.input_ids)
-        out = {k: pad_columns(v, size, self.fill(k), left=False) if is_per_token(k) else v
-               for k, v in inputs.items()}
+        out = {k: pad_columns(v, size, self.fill(k), left=False) if is_per_token(k) else v for k, v in inputs.items()}
         width = out["input_ids"].shape[-1]
         for key, value in out.items():
             if is_per_token(key):
-                value[..., 0, width - size:] = self.token_values(key, value)
+                value[..., 0, width - size :] = self.token_values(key, value)
         return out
 
     def token_values(self, key: str, like: torch.Tensor) -> torch.Tensor:
@@ -122,4 +129,3 @@ def pad_columns(value: torch.Tensor, count: int, fill: int, left: bool, dim: int
     shape[dim] = count
     padding = torch.full(shape, fill, dtype=value.dtype)
     return torch.cat([padding, value] if left else [value, padding], dim=dim)
-

@@ -9,6 +9,7 @@ the forward. Samples longer than `max_length` are dropped whole and counted (tru
 image tokens). A micro-batch without images can carry one blank image that no token attends to
 (`trainer.batches.blank_image`), so that every rank runs the vision tower in every step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -17,21 +18,28 @@ from typing import Any
 import torch
 
 from data_shards.sample import IMAGE_TOKEN, ImageData, Sample, Turn
+from trainer.batches.blank_image import BlankImage
+from trainer.batches.packing import mrope_merge, pack
 from trainer.chat.answers import AnswerFinder, TemplateError
 from trainer.chat.template import ChatRenderer
-from trainer.batches.blank_image import BlankImage
 from trainer.chat.tokens import IGNORE_INDEX, tokenize
 from trainer.models.families.rules import TILED, training_token_types
-from trainer.batches.packing import mrope_merge, pack
 
 
 class BatchError(ValueError):
     pass
 
 
-TEMPLATE_PROBE = Sample("template-probe", [ImageData(b"", "png")], [
-    Turn("user", f"{IMAGE_TOKEN}\nWhat is shown?"), Turn("assistant", "A shape."),
-    Turn("user", "Which color?"), Turn("assistant", "Red.")])
+TEMPLATE_PROBE = Sample(
+    "template-probe",
+    [ImageData(b"", "png")],
+    [
+        Turn("user", f"{IMAGE_TOKEN}\nWhat is shown?"),
+        Turn("assistant", "A shape."),
+        Turn("user", "Which color?"),
+        Turn("assistant", "Red."),
+    ],
+)
 
 
 @dataclass
@@ -52,8 +60,8 @@ def question(sample: Sample) -> Sample:
     answered = [index for index, turn in enumerate(sample.turns) if turn.role == "assistant"]
     if not answered:
         return sample
-    turns = sample.turns[:answered[-1]]
-    return replace(sample, turns=turns, images=sample.images[:sum(t.text.count(IMAGE_TOKEN) for t in turns)])
+    turns = sample.turns[: answered[-1]]
+    return replace(sample, turns=turns, images=sample.images[: sum(t.text.count(IMAGE_TOKEN) for t in turns)])
 
 
 def messages(sample: Sample, with_answer: bool = True, image=lambda data: {}) -> list[dict[str, Any]]:
@@ -61,8 +69,10 @@ def messages(sample: Sample, with_answer: bool = True, image=lambda data: {}) ->
     `image(data)` (nothing by default: templates only look at the part's type). Without the answer: the turns
     before the last assistant turn."""
     if sample.placeholder_count() != len(sample.images):
-        raise BatchError(f"sample {sample.key!r}: {sample.placeholder_count()} {IMAGE_TOKEN} placeholders "
-                         f"for {len(sample.images)} images")
+        raise BatchError(
+            f"sample {sample.key!r}: {sample.placeholder_count()} {IMAGE_TOKEN} placeholders "
+            f"for {len(sample.images)} images"
+        )
     images = iter(sample.images)
     result = []
     for turn in (sample if with_answer else question(sample)).turns:
@@ -104,14 +114,28 @@ def end_tokens(processor, generation_config=None) -> list[str]:
     return list(dict.fromkeys(t for t in tokens if t))
 
 
-def build_collator(processor, model, max_length: int, template_source: str, packing: bool = False,
-                   supervise: str = "all", blank_image: bool = False) -> Collator:
+def build_collator(
+    processor,
+    model,
+    max_length: int,
+    template_source: str,
+    packing: bool = False,
+    supervise: str = "all",
+    blank_image: bool = False,
+) -> Collator:
     """The collator for `model` (its config and generation config): image-token rule, end-of-turn tokens, and a
     blank image for image-less micro-batches when several ranks must run the same modules."""
-    collator = Collator(processor, max_length, *token_check_for(model.config), packing=packing,
-                        template_source=template_source, supervise=supervise,
-                        end_tokens=end_tokens(processor, getattr(model, "generation_config", None)),
-                        mrope_merge=mrope_merge(model.config), model_type=model.config.model_type)
+    collator = Collator(
+        processor,
+        max_length,
+        *token_check_for(model.config),
+        packing=packing,
+        template_source=template_source,
+        supervise=supervise,
+        end_tokens=end_tokens(processor, getattr(model, "generation_config", None)),
+        mrope_merge=mrope_merge(model.config),
+        model_type=model.config.model_type,
+    )
     collator.check_template()
     if blank_image:
         collator.blank_image = BlankImage(processor, collator.renderer.image_text())
@@ -121,10 +145,20 @@ def build_collator(processor, model, max_length: int, template_source: str, pack
 class Collator:
     """Picklable (runs in DataLoader workers): holds the processor, the answer finder and the per-image token check."""
 
-    def __init__(self, processor, max_length: int, image_token_id: int | None, tokens_per_image=None,
-                 packing: bool = False, template_source: str = "the model's chat template",
-                 end_tokens: list[str] | None = None, supervise: str = "all", blank_image=None,
-                 mrope_merge: int | None = None, model_type: str | None = None):
+    def __init__(
+        self,
+        processor,
+        max_length: int,
+        image_token_id: int | None,
+        tokens_per_image=None,
+        packing: bool = False,
+        template_source: str = "the model's chat template",
+        end_tokens: list[str] | None = None,
+        supervise: str = "all",
+        blank_image=None,
+        mrope_merge: int | None = None,
+        model_type: str | None = None,
+    ):
         self.processor = processor
         self.max_length = max_length
         self.image_token_id = image_token_id
@@ -151,8 +185,9 @@ class Collator:
     def encode(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         """The processor's encoding as tensors, with `answer_mask` marking the supervised tokens."""
         rendered = [self.render(s) for s in samples]
-        return tokenize(self.processor, [r.text for r in rendered], [prompt_images(s) for s in samples],
-                        [r.spans for r in rendered])
+        return tokenize(
+            self.processor, [r.text for r in rendered], [prompt_images(s) for s in samples], [r.spans for r in rendered]
+        )
 
     def __call__(self, samples: list[Sample]) -> Batch:
         dropped, kept = [], list(samples)
@@ -169,8 +204,14 @@ class Collator:
         inputs = self.finish(encoded, kept)
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         if self.packing:
-            inputs = pack(inputs, lengths, [len(s.images) for s in kept], self.max_length,
-                          self.processor.tokenizer.pad_token_id, self.mrope_merge)
+            inputs = pack(
+                inputs,
+                lengths,
+                [len(s.images) for s in kept],
+                self.max_length,
+                self.processor.tokenizer.pad_token_id,
+                self.mrope_merge,
+            )
         if self.blank_image is not None and not any(s.images for s in kept):
             inputs = self.blank_image.add(inputs, packed=self.packing)
         slots = inputs["input_ids"].numel()
@@ -180,8 +221,10 @@ class Collator:
         mask = encoded.pop("answer_mask").bool() & encoded["attention_mask"].bool()
         for row, sample in enumerate(samples):
             if not mask[row].any():
-                raise BatchError(f"sample {sample.key!r}: no supervised token (the answer is empty, or the "
-                                 "chat template does not write it)")
+                raise BatchError(
+                    f"sample {sample.key!r}: no supervised token (the answer is empty, or the "
+                    "chat template does not write it)"
+                )
         self.check_image_tokens(encoded, samples)
         encoded["labels"] = torch.where(mask, encoded["input_ids"], IGNORE_INDEX)
         token_types = training_token_types(self.model_type, mask)
@@ -196,8 +239,10 @@ class Collator:
         expected = self.tokens_per_image(encoded, samples)
         for sample, have, want in zip(samples, found, expected):
             if have != want:
-                raise BatchError(f"sample {sample.key!r}: {have} image tokens in the text but its "
-                                 f"{len(sample.images)} images give {want} features")
+                raise BatchError(
+                    f"sample {sample.key!r}: {have} image tokens in the text but its "
+                    f"{len(sample.images)} images give {want} features"
+                )
 
 
 @dataclass
@@ -217,10 +262,12 @@ class GridCount:
     merge: int
 
     def __call__(self, encoded, samples) -> list[int]:
-        per_image = (encoded["image_grid_thw"].prod(dim=1) // (self.merge ** 2)).tolist() if "image_grid_thw" in encoded else []
+        per_image = (
+            (encoded["image_grid_thw"].prod(dim=1) // (self.merge**2)).tolist() if "image_grid_thw" in encoded else []
+        )
         counts, start = [], 0
         for sample in samples:
-            counts.append(int(sum(per_image[start:start + len(sample.images)])))
+            counts.append(int(sum(per_image[start : start + len(sample.images)])))
             start += len(sample.images)
         return counts
 

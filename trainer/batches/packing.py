@@ -6,6 +6,7 @@ this only without a KV cache, so packed batches are run with `use_cache=False`. 
 multimodal rotary positions (mRoPE: Qwen2-VL, Qwen2.5-VL) get each sample's temporal/height/width
 positions restarted too, with the text positions in front, as their forward expects for packing.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -52,8 +53,14 @@ def packed_rows(lengths: list[int], max_length: int) -> list[list[int]]:
     return [[index] for index in range(len(lengths))]
 
 
-def pack(inputs: dict[str, torch.Tensor], lengths: list[int], images_per_sample: list[int], max_length: int,
-         pad_id: int, mrope_merge: int | None = None) -> dict[str, torch.Tensor]:
+def pack(
+    inputs: dict[str, torch.Tensor],
+    lengths: list[int],
+    images_per_sample: list[int],
+    max_length: int,
+    pad_id: int,
+    mrope_merge: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Rows of packed samples, no attention mask. Rows may take samples out of batch order; the per-image inputs
     are reordered with them, since the model hands the image features to the image tokens in reading order."""
     unknown = [k for k in inputs if k not in (*PER_TOKEN, *PER_IMAGE, *PER_SAMPLE)]
@@ -71,7 +78,7 @@ def pack(inputs: dict[str, torch.Tensor], lengths: list[int], images_per_sample:
         for index in members:
             real = inputs["attention_mask"][index].bool()
             for key, value in packed.items():
-                value[row, offset:offset + lengths[index]] = inputs[key][index][real]
+                value[row, offset : offset + lengths[index]] = inputs[key][index][real]
             span = slice(offset, offset + lengths[index])
             positions[:, row, span] = sample_positions(packed, row, span, grids[index], mrope_merge)
             offset += lengths[index]
@@ -113,7 +120,7 @@ def image_grids(inputs: dict[str, torch.Tensor], images_per_sample: list[int]) -
     """Each sample's image grids (t, h, w), empty lists when the model has none."""
     grids = inputs["image_grid_thw"].tolist() if "image_grid_thw" in inputs else []
     starts = np.concatenate([[0], np.cumsum(images_per_sample)]).astype(int)
-    return [grids[starts[s]:starts[s + 1]] for s in range(len(images_per_sample))]
+    return [grids[starts[s] : starts[s + 1]] for s in range(len(images_per_sample))]
 
 
 def reorder_images(inputs: dict[str, torch.Tensor], sample_order: list[int], images_per_sample: list[int]):

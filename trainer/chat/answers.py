@@ -6,6 +6,7 @@ first. Each answer then ends with a token the model emits to end its turn (`end_
 template writes none right after the answer text, the first of them is inserted there, so that a
 model trained through the template learns to stop.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,9 +62,11 @@ class AnswerFinder:
         plain = self.renderer.render(messages)
         generation = self.renderer.render(messages, generation_prompt=True)
         if not generation.startswith(plain):
-            raise TemplateError(f"{self.renderer.source}: the chat template's generation prompt does not extend the "
-                                f"conversation: it renders {divergence(plain, generation)}")
-        return text + generation[len(plain):]
+            raise TemplateError(
+                f"{self.renderer.source}: the chat template's generation prompt does not extend the "
+                f"conversation: it renders {divergence(plain, generation)}"
+            )
+        return text + generation[len(plain) :]
 
     def closed(self, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation with every answer closed by an end-of-turn token, and each answer's span."""
@@ -79,14 +82,15 @@ class AnswerFinder:
 
     def raw_span(self, messages: list[dict[str, Any]], turn: int, full: str) -> tuple[int, int]:
         prompt = self.renderer.render(messages[:turn], generation_prompt=True)
-        upto = self.renderer.render(messages[:turn + 1])
+        upto = self.renderer.render(messages[: turn + 1])
         for shorter, longer, what in ((prompt, upto, "the generation prompt"), (upto, full, "this turn")):
             if not longer.startswith(shorter):
                 raise TemplateError(
                     f"{self.renderer.source}: the chat template cannot be split into prompt and answer: up to "
                     f"assistant turn {turn}, {what} renders {divergence(shorter, longer)}; training on it would give "
                     "the model other prompt tokens than inference does (set model.chat_template to a template file "
-                    "that renders the generation prompt as the start of the assistant turn)")
+                    "that renders the generation prompt as the start of the assistant turn)"
+                )
         return len(prompt), len(upto)
 
     def close_answer(self, text: str, start: int, end: int, answer: str) -> tuple[str, int, int]:
@@ -104,8 +108,10 @@ class AnswerFinder:
         token). Of several occurrences of the answer, the first followed by an end-of-turn token wins."""
         ends = [match.start() + len(answer) for match in re.finditer(re.escape(answer), chunk)] if answer else [0]
         if not ends:
-            raise TemplateError(f"{self.renderer.source}: the chat template does not write the answer "
-                                f"{answer[:40]!r} as given, so its tokens cannot be found")
+            raise TemplateError(
+                f"{self.renderer.source}: the chat template does not write the answer "
+                f"{answer[:40]!r} as given, so its tokens cannot be found"
+            )
         for answer_end in ends:
             tail = chunk[answer_end:]
             stripped = tail.lstrip()
@@ -118,4 +124,4 @@ class AnswerFinder:
 def divergence(shorter: str, longer: str) -> str:
     """Where two renderings part: the text each has from the first differing character."""
     index = next((i for i, (a, b) in enumerate(zip(shorter, longer)) if a != b), len(shorter))
-    return f"{shorter[index:index + 24]!r} where the longer rendering has {longer[index:index + 24]!r}"
+    return f"{shorter[index : index + 24]!r} where the longer rendering has {longer[index : index + 24]!r}"

@@ -3,6 +3,7 @@
 Published templates are used as they are: answer spans come from rendering prefixes of the
 conversation (`trainer.chat.answers`), never from `{% generation %}` markers, which most lack.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,15 +57,20 @@ class ChatRenderer:
         the template (a third of the collate time)."""
         if self.system_as_text:
             messages = [system_text(message) if message["role"] == "system" else message for message in messages]
-        (text,), _ = render_jinja_template([messages], chat_template=self.processor.chat_template,
-                                           add_generation_prompt=generation_prompt,
-                                           **self.processor.tokenizer.special_tokens_map)
+        (text,), _ = render_jinja_template(
+            [messages],
+            chat_template=self.processor.chat_template,
+            add_generation_prompt=generation_prompt,
+            **self.processor.tokenizer.special_tokens_map,
+        )
         return text
 
     def reads_system_text_only(self) -> bool:
         probe = "PROBE-SYSTEM-TEXT"
-        chat = [{"role": "system", "content": [{"type": "text", "text": probe}]},
-                {"role": "user", "content": [{"type": "text", "text": "Q"}]}]
+        chat = [
+            {"role": "system", "content": [{"type": "text", "text": probe}]},
+            {"role": "user", "content": [{"type": "text", "text": "Q"}]},
+        ]
         try:
             rendered = self.processor.apply_chat_template(chat, tokenize=False)
         except Exception:  # noqa: BLE001 - a template may refuse list content outright; the string form is tried then
@@ -84,7 +90,7 @@ class ChatRenderer:
         end = 0
         while end < len(without) - start and with_image[-1 - end] == without[-1 - end]:
             end += 1
-        image = with_image[start:len(with_image) - end]
+        image = with_image[start : len(with_image) - end]
         if not image:
             raise ValueError(f"{self.source}: the chat template writes nothing for an image part")
         token = getattr(self.processor, "image_token", None)
@@ -96,8 +102,11 @@ class ChatRenderer:
 def insertions(longer: str, shorter: str, latest: int) -> list[str]:
     """The texts that, inserted into `shorter` at `latest` or before, give `longer`; the latest place first."""
     size = len(longer) - len(shorter)
-    return [longer[place:place + size] for place in range(latest, -1, -1)
-            if size > 0 and longer[:place] == shorter[:place] and longer[place + size:] == shorter[place:]]
+    return [
+        longer[place : place + size]
+        for place in range(latest, -1, -1)
+        if size > 0 and longer[:place] == shorter[:place] and longer[place + size :] == shorter[place:]
+    ]
 
 
 def system_text(message: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Training batches and inference prompts are tokenized by the same call, so the prompt tokens a model is
 trained on are the tokens `predict` and `evaluate` give it.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -16,8 +17,9 @@ OFFSETS = "offset_mapping"
 REPLACEMENTS = "text_replacement_offsets"
 
 
-def tokenize(processor, texts: list[str], images: list[list[Any]] | None,
-             spans: list[list[tuple[int, int]]] | None = None) -> BatchFeature:
+def tokenize(
+    processor, texts: list[str], images: list[list[Any]] | None, spans: list[list[tuple[int, int]]] | None = None
+) -> BatchFeature:
     """The processor's encoding of `texts` (padded, as tensors); with `spans`, also `answer_mask`: the tokens that
     overlap each row's character spans, placeholders the processor expanded taken into account.
 
@@ -32,8 +34,9 @@ def tokenize(processor, texts: list[str], images: list[list[Any]] | None,
     if spans is not None:
         offsets = encoded.pop(OFFSETS)
         replacements = encoded.pop(REPLACEMENTS, None) or [[] for _ in texts]
-        encoded["answer_mask"] = [token_mask(np.asarray(o).reshape(-1, 2), s, r)
-                                  for o, s, r in zip(offsets, spans, replacements)]
+        encoded["answer_mask"] = [
+            token_mask(np.asarray(o).reshape(-1, 2), s, r) for o, s, r in zip(offsets, spans, replacements)
+        ]
     return BatchFeature(encoded, tensor_type="pt")
 
 

@@ -3,6 +3,7 @@
 A user's own JSON is accepted; explicit values that contradict the training config are refused
 with both numbers in the message, and any "auto" we cannot fill is named.
 """
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.config.schema import TrainConfig
 from trainer.config.fields import ConfigError
+from trainer.config.schema import TrainConfig
 
 
 def global_batch_size(config: TrainConfig, world_size: int) -> int:
@@ -20,12 +21,17 @@ def global_batch_size(config: TrainConfig, world_size: int) -> int:
     product = micro * accum * world_size
     wanted = config.train.global_batch_size
     if wanted and wanted != product:
-        raise ConfigError([
-            f"train.global_batch_size={wanted} but micro_batch_size {micro} × grad_accum {accum} × world size "
-            f"{world_size} = {product}" + (f"; grad_accum={wanted // (micro * world_size)} would fit"
-                                          if wanted % (micro * world_size) == 0 else
-                                          f"; {wanted} is not divisible by micro_batch_size × world size = {micro * world_size}")
-        ])
+        raise ConfigError(
+            [
+                f"train.global_batch_size={wanted} but micro_batch_size {micro} × grad_accum {accum} × world size "
+                f"{world_size} = {product}"
+                + (
+                    f"; grad_accum={wanted // (micro * world_size)} would fit"
+                    if wanted % (micro * world_size) == 0
+                    else f"; {wanted} is not divisible by micro_batch_size × world size = {micro * world_size}"
+                )
+            ]
+        )
     return product
 
 
@@ -67,7 +73,7 @@ def resolve(config: TrainConfig, world_size: int, hidden_size: int) -> dict[str,
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     fill_zero_buckets(zero, hidden_size)
     problems += disabled_overflow_checks(ds)
-    problems += [f"deepspeed.config: {key} is still \"auto\" (shardtune cannot fill it)" for key in auto_keys(ds)]
+    problems += [f'deepspeed.config: {key} is still "auto" (shardtune cannot fill it)' for key in auto_keys(ds)]
     problems = [p for p in problems if p]
     if problems:
         raise ConfigError(problems)
@@ -80,7 +86,9 @@ def fill(section: dict[str, Any], key: str, value: Any, name: str | None = None)
         section[key] = value
         return None
     if current != value:
-        return f"deepspeed.config: {name or key}={current!r} contradicts the training config ({value!r}); set it to \"auto\""
+        return (
+            f'deepspeed.config: {name or key}={current!r} contradicts the training config ({value!r}); set it to "auto"'
+        )
     return None
 
 
@@ -107,11 +115,16 @@ def auto_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
 
 def disabled_overflow_checks(ds: dict[str, Any]) -> list[str]:
     """DeepSpeed skips a step with non-finite gradients (after a NaN/Inf loss) only with these checks on."""
-    switches = {"bf16.check_grad_overflow": ds.get("bf16", {}).get("check_grad_overflow"),
-                "zero_optimization.compute_grad_norm": ds.get("zero_optimization", {}).get("compute_grad_norm")}
-    return [f"deepspeed.config: {key}=false would let DeepSpeed apply NaN/Inf gradients; shardtune relies on it "
-            "to skip the step after a non-finite loss (train.max_bad_steps): remove it" for key, value in switches.items()
-            if value is False]
+    switches = {
+        "bf16.check_grad_overflow": ds.get("bf16", {}).get("check_grad_overflow"),
+        "zero_optimization.compute_grad_norm": ds.get("zero_optimization", {}).get("compute_grad_norm"),
+    }
+    return [
+        f"deepspeed.config: {key}=false would let DeepSpeed apply NaN/Inf gradients; shardtune relies on it "
+        "to skip the step after a non-finite loss (train.max_bad_steps): remove it"
+        for key, value in switches.items()
+        if value is False
+    ]
 
 
 def passes_gradients_unchecked(resolved: dict[str, Any]) -> bool:

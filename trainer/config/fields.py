@@ -4,13 +4,15 @@ A config is a tree of dataclasses whose fields carry `metadata={"help": ...}` (u
 `load_config` merges defaults ← YAML ← `section.key=value` overrides, checks every value against
 its annotation and its choices, and raises one `ConfigError` listing every bad key.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -21,8 +23,13 @@ class ConfigError(ValueError):
         self.problems = problems
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
-           factory: Any = dataclasses.MISSING, secret: bool = False):
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    choices: tuple | None = None,
+    factory: Any = dataclasses.MISSING,
+    secret: bool = False,
+):
     metadata = {"help": help, "choices": choices, "secret": secret}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
@@ -44,8 +51,11 @@ def describe(cls: type) -> str:
     """Every key with its type, default and doc: the `--help` text of a config."""
     lines = []
     for key, f, kind in walk_fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        )
         choices = f" one of {list(f.metadata['choices'])};" if f.metadata.get("choices") else ""
         lines.append(f"  {key} ({type_name(kind)}, default {default!r}):{choices} {f.metadata.get('help', '')}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 `python launch/train.py --help` prints every key. Cross-field rules live in `TrainConfig.problems()`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,12 +20,15 @@ WANDB_MODES = ("disabled", "offline", "online")
 class ModelSection:
     path: str = option("", help="local model folder or hub id (AutoModelForImageTextToText)")
     dtype: str = option("float32", help="weights and compute dtype", choices=DTYPE_NAMES)
-    attention: str = option("auto", help="auto = flash_attention_2 when importable on CUDA, else sdpa, else eager",
-                            choices=ATTENTION)
+    attention: str = option(
+        "auto", help="auto = flash_attention_2 when importable on CUDA, else sdpa, else eager", choices=ATTENTION
+    )
     gradient_checkpointing: bool = option(False, help="recompute activations in backward (works with a frozen tower)")
     freeze_vision_tower: bool = option(True, help="keep the vision encoder frozen")
     freeze_projector: bool = option(False, help="keep the multimodal projector frozen")
-    freeze_language_model: bool = option(False, help="keep the language model frozen (implied by LoRA for base weights)")
+    freeze_language_model: bool = option(
+        False, help="keep the language model frozen (implied by LoRA for base weights)"
+    )
     max_length: int = option(2048, help="longest token sequence; longer samples are dropped and counted, never cut")
     chat_template: str = option("", help="a Jinja file used instead of the model's chat template (empty: the model's)")
 
@@ -36,11 +40,15 @@ class DataSection:
     index: str = option("", help="index.json for brace/pipe sources (a folder finds its own)")
     num_workers: int = option(2, help="DataLoader worker processes per rank")
     block_shards: int = option(8, help="shards shuffled together (the shuffle buffer, in shards)")
-    on_corrupt: str = option("skip", help="a damaged shard or sample is skipped and counted, or stops the run",
-                             choices=("skip", "fail"))
+    on_corrupt: str = option(
+        "skip", help="a damaged shard or sample is skipped and counted, or stops the run", choices=("skip", "fail")
+    )
     packing: bool = option(False, help="pack several samples per sequence (models that support it)")
-    supervise: str = option("all", help="assistant turns trained on: every one, or only the last of each conversation",
-                            choices=("all", "last"))
+    supervise: str = option(
+        "all",
+        help="assistant turns trained on: every one, or only the last of each conversation",
+        choices=("all", "last"),
+    )
 
 
 @dataclass
@@ -52,12 +60,20 @@ class TrainSection:
     max_steps: int = option(0, help="optimizer steps (0: run `epochs` epochs)")
     epochs: int = option(1, help="passes over the training split when max_steps is 0")
     seed: int = option(0, help="seed for data order, initialisation and dropout")
-    precision: str = option("fp32", help="fp32, bf16 or fp16 (DeepSpeed mixed precision)", choices=("fp32", "bf16", "fp16"))
+    precision: str = option(
+        "fp32", help="fp32, bf16 or fp16 (DeepSpeed mixed precision)", choices=("fp32", "bf16", "fp16")
+    )
     max_grad_norm: float = option(1.0, help="gradient clipping (0: off)")
-    max_bad_steps: int = option(3, help="consecutive optimizer steps skipped for a NaN/Inf loss before the run aborts (the last good checkpoint stays)")
+    max_bad_steps: int = option(
+        3,
+        help="consecutive optimizer steps skipped for a NaN/Inf loss before the run aborts "
+        "(the last good checkpoint stays)",
+    )
     log_every: int = option(1, help="steps between metric lines")
-    callbacks: list[str] = option(factory=list, help="`module:Class` training-loop callbacks (trainer.train.callbacks), "
-                                                   "each built without arguments")
+    callbacks: list[str] = option(
+        factory=list,
+        help="`module:Class` training-loop callbacks (trainer.train.callbacks), each built without arguments",
+    )
 
 
 @dataclass
@@ -79,19 +95,25 @@ class LoraSection:
     r: int = option(8, help="LoRA rank")
     alpha: int = option(16, help="LoRA alpha")
     dropout: float = option(0.0, help="LoRA dropout")
-    target_modules: list[str] = option(factory=list, help="Linear module names to adapt (empty: every Linear of the language model)")
+    target_modules: list[str] = option(
+        factory=list, help="Linear module names to adapt (empty: every Linear of the language model)"
+    )
 
 
 @dataclass
 class QuantSection:
-    load_in_4bit: bool = option(False, help="QLoRA: bitsandbytes 4-bit base weights (vision tower and projector stay unquantised)")
+    load_in_4bit: bool = option(
+        False, help="QLoRA: bitsandbytes 4-bit base weights (vision tower and projector stay unquantised)"
+    )
     quant_type: str = option("nf4", help="4-bit data type", choices=("nf4", "fp4"))
     double_quant: bool = option(True, help="quantise the quantisation constants too")
 
 
 @dataclass
 class DeepSpeedSection:
-    config: str = option("configs/deepspeed/zero2.json", help="DeepSpeed JSON; 'auto' fields are filled from this config")
+    config: str = option(
+        "configs/deepspeed/zero2.json", help="DeepSpeed JSON; 'auto' fields are filled from this config"
+    )
     zero_stage: int = option(-1, help="override the JSON's ZeRO stage (-1: keep)", choices=(-1, 0, 1, 2, 3))
     offload: bool = option(False, help="offload optimizer state (and ZeRO-3 parameters) to CPU")
 
@@ -144,8 +166,12 @@ class TrainConfig:
             found.append("data.train: required (a shard folder such as shards/train)")
         if self.quant.load_in_4bit and not self.lora.enabled:
             found.append("quant.load_in_4bit: 4-bit weights cannot be trained directly; set lora.enabled=true (QLoRA)")
-        for key, value in (("train.micro_batch_size", self.train.micro_batch_size), ("train.grad_accum", self.train.grad_accum),
-                           ("lora.r", self.lora.r), ("train.log_every", self.train.log_every)):
+        for key, value in (
+            ("train.micro_batch_size", self.train.micro_batch_size),
+            ("train.grad_accum", self.train.grad_accum),
+            ("lora.r", self.lora.r),
+            ("train.log_every", self.train.log_every),
+        ):
             if value < 1:
                 found.append(f"{key}: must be >= 1, got {value}")
         if self.train.max_steps < 0 or self.train.epochs < 1 and self.train.max_steps == 0:
@@ -154,9 +180,11 @@ class TrainConfig:
             found.append(f"optimizer.lr: must be positive, got {self.optimizer.lr}")
         half = {"bf16": "bfloat16", "fp16": "float16"}.get(self.train.precision)
         if self.quant.load_in_4bit and half and self.model.dtype != half:
-            found.append(f"quant.load_in_4bit with train.precision={self.train.precision}: set model.dtype={half} "
-                         "(DeepSpeed casts the module, which would corrupt 4-bit weights stored as "
-                         f"{self.model.dtype})")
+            found.append(
+                f"quant.load_in_4bit with train.precision={self.train.precision}: set model.dtype={half} "
+                "(DeepSpeed casts the module, which would corrupt 4-bit weights stored as "
+                f"{self.model.dtype})"
+            )
         if self.train.precision == "fp16" and self.model.dtype == "bfloat16":
             found.append("train.precision=fp16 with model.dtype=bfloat16: pick one half-precision type")
         return found

@@ -3,13 +3,14 @@
 On leaving, the group is destroyed and the launcher variables `export_env` wrote are put back as they were,
 so a single-rank run inside another process (a test, a notebook) leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -38,10 +39,21 @@ def start(world: WorldInfo, timeout_minutes: int) -> torch.device:
 
 
 # deepspeed.utils.groups keeps these process groups in module globals, and has no teardown
-DEEPSPEED_GROUPS = ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP", "_MODEL_PARALLEL_GROUP",
-                    "_TENSOR_MODEL_PARALLEL_GROUP", "mesh_device")
-DEEPSPEED_GROUP_TABLES = ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
-                          "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP")
+DEEPSPEED_GROUPS = (
+    "_WORLD_GROUP",
+    "_ZERO_PARAM_INTRA_PARALLEL_GROUP",
+    "_DATA_PARALLEL_GROUP",
+    "_MODEL_PARALLEL_GROUP",
+    "_TENSOR_MODEL_PARALLEL_GROUP",
+    "mesh_device",
+)
+DEEPSPEED_GROUP_TABLES = (
+    "_EXPERT_PARALLEL_GROUP",
+    "_EXPERT_PARALLEL_GROUP_RANKS",
+    "_EXPERT_DATA_PARALLEL_GROUP",
+    "_EXPERT_DATA_PARALLEL_GROUP_RANKS",
+    "_ALL_TO_ALL_GROUP",
+)
 
 
 def forget_deepspeed_groups() -> None:

@@ -8,11 +8,11 @@ After the checkpoint, the previous handler (submitit's, which requeues the job) 
 one; otherwise the process exits with `PREEMPTED_EXIT_CODE`, which `slurm/train.sbatch` turns into
 `scontrol requeue`.
 """
+
 from __future__ import annotations
 
 import signal
 from typing import Any
-
 
 PREEMPTED_EXIT_CODE = 85
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
@@ -30,7 +30,7 @@ class StopRequest:
         self.signum = 0
         self.previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         for signum in SIGNALS:
             self.previous[signum] = signal.signal(signum, self.record)
         return self

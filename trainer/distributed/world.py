@@ -5,14 +5,15 @@
 variables that torch.distributed and DeepSpeed read, so every launcher looks alike afterwards.
 `release_shm_allreduce_buffer()` unlinks the shared-memory segment DeepSpeed's CPU backend never removes.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 SLURM_PORT_BASE = 20000
 SLURM_PORT_SPAN = 20000

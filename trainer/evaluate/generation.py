@@ -4,6 +4,7 @@ Every rank evaluates its slice of the split (equal counts by construction, so Ze
 forwards stay in step; `synced_gpus` keeps generation in step too); results are gathered and
 de-duplicated by sample key, so the padding that equalises ranks is not counted twice.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from data_shards.sample import Sample
-from trainer.chat.tokens import tokenize
 from trainer.batches.collate import Batch, Collator, last_assistant, messages, prompt_images, question
+from trainer.chat.tokens import tokenize
 
 
 def normalise(text: str) -> str:
@@ -68,8 +69,9 @@ def move(inputs: dict[str, torch.Tensor], device: torch.device, dtype: torch.dty
 
 
 @torch.no_grad()
-def evaluate(engine, loader, tokenizer, max_batches: int, max_new_tokens: int, synced: bool,
-             keep_train_mode: bool) -> dict[str, float]:
+def evaluate(
+    engine, loader, tokenizer, max_batches: int, max_new_tokens: int, synced: bool, keep_train_mode: bool
+) -> dict[str, float]:
     """Loss and accuracy over the split (or its first `max_batches` batches per rank)."""
     module = engine.module
     was_training = module.training
@@ -99,9 +101,14 @@ def evaluate(engine, loader, tokenizer, max_batches: int, max_new_tokens: int, s
 def generate(module, item: EvalBatch, tokenizer, device, max_new_tokens: int, synced: bool) -> list[str]:
     prompts = move(item.prompts, device, dtype_of(module))
     with gathered_loose_parameters(module):
-        output = module.generate(**prompts, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
-                                 pad_token_id=tokenizer.pad_token_id)
-    new_tokens = output[:, prompts["input_ids"].shape[1]:]
+        output = module.generate(
+            **prompts,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            synced_gpus=synced,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    new_tokens = output[:, prompts["input_ids"].shape[1] :]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
@@ -109,8 +116,13 @@ def gathered_loose_parameters(module):
     """Under ZeRO-3, the parameters that belong to a module with children (LLaVA-NeXT's `image_newline`) gathered
     whole: `generate` reaches them through `get_image_features`, outside any forward whose hooks would gather
     them, and would find them empty. Elsewhere nothing to do."""
-    loose = [p for m in module.modules() if next(m.children(), None) is not None
-             for p in m.parameters(recurse=False) if hasattr(p, "ds_id")]
+    loose = [
+        p
+        for m in module.modules()
+        if next(m.children(), None) is not None
+        for p in m.parameters(recurse=False)
+        if hasattr(p, "ds_id")
+    ]
     if not loose:
         return contextlib.nullcontext()
     import deepspeed

@@ -1,4 +1,5 @@
 """Which model to load (a model folder, or a checkpoint's adapter on its base) and loading it for inference."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,6 @@ class UsageError(ValueError):
     """A path or option that cannot be used (missing model, checkpoint or image; bad --choices); says which."""
 
 
-
 @dataclass
 class ModelSource:
     """What to load: a model (a folder or hub id), optionally with a PEFT adapter on top."""
@@ -30,21 +30,30 @@ class ModelSource:
     quant: dict | None = None
 
     def describe(self) -> dict[str, str | None]:
-        return {"model": self.model, "adapter": str(self.adapter) if self.adapter else None, "dtype": self.dtype,
-                "quant": self.quant["quant_type"] if self.quant else None}
-
+        return {
+            "model": self.model,
+            "adapter": str(self.adapter) if self.adapter else None,
+            "dtype": self.dtype,
+            "quant": self.quant["quant_type"] if self.quant else None,
+        }
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     which = group.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", type=Path, help="a plain or merged Hugging Face model folder")
-    which.add_argument("--checkpoint", type=Path,
-                       help="a training run folder (its latest checkpoint), a checkpoint folder, or an adapter folder")
+    which.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a training run folder (its latest checkpoint), a checkpoint folder, or an adapter folder",
+    )
     group.add_argument("--base", help="base model of --checkpoint (default: the run's config.resolved.json model.path)")
-    group.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                       help="weights dtype (auto: the run's model.dtype for --checkpoint, else the saved one)")
-
+    group.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="weights dtype (auto: the run's model.dtype for --checkpoint, else the saved one)",
+    )
 
 
 def source_from_args(args: argparse.Namespace) -> ModelSource:
@@ -64,7 +73,6 @@ def source_from_args(args: argparse.Namespace) -> ModelSource:
     return ModelSource(base, adapter, dtype, quant)
 
 
-
 def find_adapter(path: Path) -> Path:
     """The adapter folder of a run folder (its latest checkpoint), a checkpoint folder, or an adapter folder."""
     if not path.is_dir():
@@ -73,8 +81,10 @@ def find_adapter(path: Path) -> Path:
     if (path / ADAPTER / ADAPTER_CONFIG).exists():
         path = path / ADAPTER
     if not (path / ADAPTER_CONFIG).exists():
-        raise UsageError(f"--checkpoint {path}: no PEFT adapter (a run trained without LoRA has none: "
-                         "export it to a model folder and pass --model)")
+        raise UsageError(
+            f"--checkpoint {path}: no PEFT adapter (a run trained without LoRA has none: "
+            "export it to a model folder and pass --model)"
+        )
     return path
 
 
@@ -92,7 +102,6 @@ def recorded_base(adapter: Path) -> str | None:
     return json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
 
 
-
 def load_model(source: ModelSource, device: torch.device):
     """(model in eval mode on `device`, processor); an unloadable model is a UsageError."""
     from peft import PeftModel
@@ -102,8 +111,10 @@ def load_model(source: ModelSource, device: torch.device):
     quantized = {}
     if source.quant:  # a QLoRA adapter runs on the 4-bit base it was trained against
         compute = dtype if isinstance(dtype, torch.dtype) else torch.float32
-        quantized = {"quantization_config": four_bit_config(source.quant["quant_type"], source.quant["double_quant"],
-                                                            compute), "device_map": {"": device}}
+        quantized = {
+            "quantization_config": four_bit_config(source.quant["quant_type"], source.quant["double_quant"], compute),
+            "device_map": {"": device},
+        }
     try:
         model = AutoModelForImageTextToText.from_pretrained(source.model, dtype=dtype, **quantized)
         mask_image_free_rows(model)
@@ -117,10 +128,8 @@ def load_model(source: ModelSource, device: torch.device):
     return (model if source.quant else model.to(device)).eval(), processor
 
 
-
 def first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
 
 
 def default_device(local_rank: int = 0) -> torch.device:

@@ -4,6 +4,7 @@
 checkpoint folder or a PEFT adapter folder, on the base model named by `--base` or the run's resolved config.
 `--choices a,b,c` prints the likeliest of a closed set instead of the greedy answer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,6 @@ def parse_choices(text: str | None) -> list[str] | None:
     return choices
 
 
-
 def read_image(path: Path) -> ImageData:
     try:
         data = path.read_bytes()
@@ -47,7 +47,6 @@ def read_image(path: Path) -> ImageData:
     return ImageData(data, image_format)
 
 
-
 def prompt_sample(images: list[Path], prompt: str) -> Sample:
     """One user turn; an `<image>` placeholder per image goes in front unless the prompt places them."""
     placed = prompt.count(IMAGE_TOKEN)
@@ -57,10 +56,10 @@ def prompt_sample(images: list[Path], prompt: str) -> Sample:
     return Sample("prompt", [read_image(path) for path in images], [Turn("user", text)])
 
 
-
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="launch/predict.py", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(
+        prog="launch/predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_arguments(root)
     root.add_argument("--image", type=Path, action="append", required=True, help="an image (repeat for several)")
     root.add_argument("--prompt", required=True, help=f"the question ({IMAGE_TOKEN} placeholders optional)")
@@ -68,7 +67,6 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--choices", help="comma-separated closed answer set: print the likeliest one")
     root.add_argument("--per-token", action="store_true", help="rank choices by mean, not summed, log-probability")
     return root
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ log-probabilities of its tokens after the prompt, end-of-turn token included (so
 a prefix of another is not favoured), not length-normalised unless asked (`per_token`). The
 prediction is the argmax, so it is always one of the candidates.
 """
+
 from __future__ import annotations
 
 import copy
@@ -76,10 +77,10 @@ class Predictor:
         candidates = [with_answer(s, c, n) for s, choices in zip(samples, choice_lists) for n, c in enumerate(choices)]
         scores: list[float] = []
         for start in range(0, len(candidates), self.rows_per_forward):
-            scores += self.score(candidates[start:start + self.rows_per_forward], per_token)
+            scores += self.score(candidates[start : start + self.rows_per_forward], per_token)
         results, offset = [], 0
         for choices in choice_lists:
-            results.append(pick(choices, scores[offset:offset + len(choices)]))
+            results.append(pick(choices, scores[offset : offset + len(choices)]))
             offset += len(choices)
         return results
 
@@ -88,5 +89,3 @@ class Predictor:
         labels = inputs.pop("labels")
         sums, counts = answer_logprobs(self.model(**inputs, use_cache=False).logits, labels)
         return (sums / counts if per_token else sums).tolist()
-
-

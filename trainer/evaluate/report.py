@@ -1,4 +1,5 @@
 """Writing an evaluation report: report.json and report.md, confusion.csv and confusion.png, predictions.jsonl."""
+
 from __future__ import annotations
 
 import csv
@@ -12,14 +13,12 @@ from trainer.evaluate.scores import Confusion, Outcome
 PLOT_ANNOTATE_MAX = 30
 
 
-
 def write_confusion_csv(path: Path, confusion: Confusion) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true \\ predicted", *confusion.columns])
         for name, row in zip(confusion.classes, confusion.counts):
             writer.writerow([name, *row])
-
 
 
 def plot_confusion(path: Path, confusion: Confusion) -> None:
@@ -39,39 +38,54 @@ def plot_confusion(path: Path, confusion: Confusion) -> None:
         peak = max(max(row) for row in confusion.counts)
         for row, counts in enumerate(confusion.counts):
             for column, count in enumerate(counts):
-                axes.text(column, row, str(count), ha="center", va="center",
-                          color="white" if count > peak / 2 else "black")
+                axes.text(
+                    column, row, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black"
+                )
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-
 
 
 def cell(text: str) -> str:
     return html.escape(str(text)).replace("|", "\\|").replace("\n", "<br>")
 
 
-
 def markdown(report: dict) -> str:
     data = ", ".join(f"{key} {value}" for key, value in report["data"].items())
-    lines = [f"# Evaluation of {report['model']['adapter'] or report['model']['model']}", "",
-             f"Data: {data} — {report['num_samples']} samples, {report['world_size']} rank(s).", "",
-             "| metric | value |", "|---|---|"]
+    lines = [
+        f"# Evaluation of {report['model']['adapter'] or report['model']['model']}",
+        "",
+        f"Data: {data} — {report['num_samples']} samples, {report['world_size']} rank(s).",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     for key in ("accuracy", "exact_match", "normalised_match", "choice_accuracy", "generation_in_choices"):
         if key in report:
             lines.append(f"| {key} | {report[key]:.4f} |")
     if "choice_accuracy" in report:
         lines += ["", f"Choices scored by {report['choice_scoring']}."]
     lines += ["", "## Per class", "", "| class | accuracy | correct | total |", "|---|---|---|---|"]
-    lines += [f"| {cell(name)} | {row['accuracy']:.4f} | {row['correct']} | {row['total']} |"
-              for name, row in report["per_class"].items()]
-    lines += ["", "## Confusion matrix", "", "![confusion matrix](confusion.png) (counts: `confusion.csv`)", "",
-              f"## Errors ({len(report['errors'])} of {report['num_errors']})", "",
-              "| key | prompt | reference | prediction |", "|---|---|---|---|"]
-    lines += [f"| {cell(e['key'])} | {cell(e['prompt'])} | {cell(e['reference'])} | {cell(e['prediction'])} |"
-              for e in report["errors"]]
+    lines += [
+        f"| {cell(name)} | {row['accuracy']:.4f} | {row['correct']} | {row['total']} |"
+        for name, row in report["per_class"].items()
+    ]
+    lines += [
+        "",
+        "## Confusion matrix",
+        "",
+        "![confusion matrix](confusion.png) (counts: `confusion.csv`)",
+        "",
+        f"## Errors ({len(report['errors'])} of {report['num_errors']})",
+        "",
+        "| key | prompt | reference | prediction |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {cell(e['key'])} | {cell(e['prompt'])} | {cell(e['reference'])} | {cell(e['prediction'])} |"
+        for e in report["errors"]
+    ]
     return "\n".join(lines) + "\n"
-
 
 
 def write_report(out: Path, report: dict, outcomes: list[Outcome], confusion: Confusion) -> None:
@@ -82,5 +96,6 @@ def write_report(out: Path, report: dict, outcomes: list[Outcome], confusion: Co
     plot_confusion(out / "confusion.png", confusion)
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
         for o in outcomes:
-            handle.write(json.dumps({**asdict(o), "prediction": o.prediction, "correct": o.correct},
-                                    ensure_ascii=False) + "\n")
+            handle.write(
+                json.dumps({**asdict(o), "prediction": o.prediction, "correct": o.correct}, ensure_ascii=False) + "\n"
+            )

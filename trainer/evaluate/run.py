@@ -14,16 +14,17 @@ closed-set sample is one of its choices at all.
 Under torchrun every rank evaluates its slice of the split (padded to equal counts); outcomes are
 gathered and de-duplicated by key, and rank 0 writes the report.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -70,8 +71,10 @@ def evaluate_batch(predictor: Predictor, samples: list[Sample], options: EvalOpt
     closed = [index for index, choices in enumerate(choice_lists) if choices]
     picks = predictor.choose([samples[i] for i in closed], [choice_lists[i] for i in closed], options.per_token)
     chosen = dict(zip(closed, picks))
-    return [outcome(sample, answer, choice_lists[index], chosen.get(index))
-            for index, (sample, answer) in enumerate(zip(samples, generated))]
+    return [
+        outcome(sample, answer, choice_lists[index], chosen.get(index))
+        for index, (sample, answer) in enumerate(zip(samples, generated))
+    ]
 
 
 def rank_quota(available: int, limit: int, world: WorldInfo) -> int:
@@ -80,8 +83,9 @@ def rank_quota(available: int, limit: int, world: WorldInfo) -> int:
     return min(available, len(range(world.rank, limit, world.world_size))) if limit else available
 
 
-def evaluate_split(predictor: Predictor, split: Path, world: WorldInfo,
-                   options: EvalOptions) -> tuple[list[Outcome], int]:
+def evaluate_split(
+    predictor: Predictor, split: Path, world: WorldInfo, options: EvalOptions
+) -> tuple[list[Outcome], int]:
     """This rank's outcomes and the number of unreadable samples it skipped."""
     config = StreamConfig(batch_size=options.batch_size, shuffle=False, remainder="pad")
     try:
@@ -93,7 +97,7 @@ def evaluate_split(predictor: Predictor, split: Path, world: WorldInfo,
     outcomes: list[Outcome] = []
     with tqdm(total=quota, desc="evaluate", unit="sample", disable=not world.is_main) as bar:
         for samples in loader:
-            samples = samples[:quota - len(outcomes)]
+            samples = samples[: quota - len(outcomes)]
             if samples:
                 outcomes += evaluate_batch(predictor, samples, options)
                 bar.update(len(samples))
@@ -122,8 +126,16 @@ def evaluation_split(args: argparse.Namespace) -> Iterator[tuple[Path, dict]]:
     from data_shards.build import BuildConfig, build
 
     with tempfile.TemporaryDirectory(prefix="shardtune-eval-") as folder:
-        built = build(BuildConfig(input=args.input, out=Path(folder), format=args.format, image_root=args.image_root,
-                                  workers=0, progress=False))
+        built = build(
+            BuildConfig(
+                input=args.input,
+                out=Path(folder),
+                format=args.format,
+                image_root=args.image_root,
+                workers=0,
+                progress=False,
+            )
+        )
         yield Path(folder) / "train", {"input": str(args.input), "read": built["read"], "rejected": built["rejected"]}
 
 
@@ -131,21 +143,32 @@ def check_arguments(args: argparse.Namespace) -> None:
     path, flag = (args.shards, "--shards") if args.shards is not None else (args.input, "--input")
     if not path.exists():
         raise UsageError(f"{flag} {path}: no such file or folder")
-    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--max-new-tokens", args.max_new_tokens, 1),
-                               ("--limit", args.limit, 0), ("--num-workers", args.num_workers, 0)):
+    for flag, value, least in (
+        ("--batch-size", args.batch_size, 1),
+        ("--max-new-tokens", args.max_new_tokens, 1),
+        ("--limit", args.limit, 0),
+        ("--num-workers", args.num_workers, 0),
+    ):
         if value < least:
             raise UsageError(f"{flag} must be >= {least}, got {value}")
 
 
-def run(args: argparse.Namespace, source: ModelSource, options: EvalOptions, world: WorldInfo,
-        device: torch.device) -> dict:
+def run(
+    args: argparse.Namespace, source: ModelSource, options: EvalOptions, world: WorldInfo, device: torch.device
+) -> dict:
     predictor = Predictor(*load_model(source, device), device, rows_per_forward=options.batch_size)
     with evaluation_split(args) as (split, data):
         outcomes, skipped = gather(*evaluate_split(predictor, split, world, options))
     report = summarise(outcomes)
-    report.update(model=source.describe(), data=data, world_size=world.world_size, skipped_samples=skipped,
-                  max_new_tokens=options.max_new_tokens, num_errors=sum(not o.correct for o in outcomes),
-                  errors=error_examples(outcomes, args.max_errors))
+    report.update(
+        model=source.describe(),
+        data=data,
+        world_size=world.world_size,
+        skipped_samples=skipped,
+        max_new_tokens=options.max_new_tokens,
+        num_errors=sum(not o.correct for o in outcomes),
+        errors=error_examples(outcomes, args.max_errors),
+    )
     if "choice_accuracy" in report:
         report["choice_scoring"] = options.scoring()
     if world.is_main:
@@ -154,8 +177,9 @@ def run(args: argparse.Namespace, source: ModelSource, options: EvalOptions, wor
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="launch/evaluate.py", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(
+        prog="launch/evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_arguments(root)
     data = root.add_argument_group("data")
     which = data.add_mutually_exclusive_group(required=True)
@@ -167,11 +191,14 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--num-workers", type=int, default=1, help="DataLoader workers per rank")
     root.add_argument("--out", type=Path, required=True, help="report folder")
     root.add_argument("--max-new-tokens", type=int, default=16, help="longest greedy answer")
-    root.add_argument("--choices", help="comma-separated closed answer set for every sample "
-                                        "(default: a sample's own extra['choices'], if any)")
+    root.add_argument(
+        "--choices",
+        help="comma-separated closed answer set for every sample (default: a sample's own extra['choices'], if any)",
+    )
     root.add_argument("--per-token", action="store_true", help="rank choices by mean, not summed, log-probability")
-    root.add_argument("--batch-size", type=int, default=8,
-                      help="samples per generation batch, and candidate rows per scoring forward")
+    root.add_argument(
+        "--batch-size", type=int, default=8, help="samples per generation batch, and candidate rows per scoring forward"
+    )
     root.add_argument("--max-errors", type=int, default=20, help="error examples in the report")
     return root
 
@@ -180,8 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         check_arguments(args)
-        options = EvalOptions(args.batch_size, args.max_new_tokens, parse_choices(args.choices), args.per_token,
-                              args.limit, args.num_workers)
+        options = EvalOptions(
+            args.batch_size,
+            args.max_new_tokens,
+            parse_choices(args.choices),
+            args.per_token,
+            args.limit,
+            args.num_workers,
+        )
         source = source_from_args(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -194,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if world.is_main:
-        print(json.dumps({key: report[key] for key in ("accuracy", "choice_accuracy", "num_samples") if key in report}
-                         | {"report": str(args.out / "report.json")}))
+        print(
+            json.dumps(
+                {key: report[key] for key in ("accuracy", "choice_accuracy", "num_samples") if key in report}
+                | {"report": str(args.out / "report.json")}
+            )
+        )
     return 0

@@ -1,8 +1,9 @@
 """Scoring evaluation outcomes: accuracy (exact, normalised, closed-set choice), per class, confusion, errors."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from data_shards.sample import Sample
 from trainer.batches.collate import last_assistant, question
@@ -11,7 +12,6 @@ from trainer.evaluate.model_source import UsageError
 from trainer.evaluate.predictor import Choice
 
 OTHER = "(other)"
-
 
 
 @dataclass
@@ -34,18 +34,23 @@ class Outcome:
         return normalise(self.prediction) == normalise(self.reference)
 
 
-
 def outcome(sample: Sample, generated: str, choices: list[str] | None, chosen: Choice | None) -> Outcome:
     reference = sample.turns[last_assistant(sample)].text
-    return Outcome(sample.key, question(sample).turns[-1].text, reference, sample.label or reference, generated,
-                   choices, chosen.answer if chosen else None, chosen.scores if chosen else None)
-
+    return Outcome(
+        sample.key,
+        question(sample).turns[-1].text,
+        reference,
+        sample.label or reference,
+        generated,
+        choices,
+        chosen.answer if chosen else None,
+        chosen.scores if chosen else None,
+    )
 
 
 def mean(flags: Iterable[bool]) -> float:
     flags = list(flags)
     return sum(flags) / len(flags)
-
 
 
 def summarise(outcomes: list[Outcome]) -> dict:
@@ -62,10 +67,10 @@ def summarise(outcomes: list[Outcome]) -> dict:
     if chosen:
         report["choice_accuracy"] = mean(normalise(o.choice) == normalise(o.reference) for o in chosen)
         report["num_choice_samples"] = len(chosen)
-        report["generation_in_choices"] = mean(normalise(o.generated) in {normalise(c) for c in o.choices}
-                                               for o in chosen)
+        report["generation_in_choices"] = mean(
+            normalise(o.generated) in {normalise(c) for c in o.choices} for o in chosen
+        )
     return report
-
 
 
 def per_class_accuracy(outcomes: list[Outcome]) -> dict[str, dict]:
@@ -74,9 +79,10 @@ def per_class_accuracy(outcomes: list[Outcome]) -> dict[str, dict]:
         counts = tally.setdefault(o.label, [0, 0])
         counts[0] += o.correct
         counts[1] += 1
-    return {label: {"accuracy": right / total, "correct": right, "total": total}
-            for label, (right, total) in sorted(tally.items())}
-
+    return {
+        label: {"accuracy": right / total, "correct": right, "total": total}
+        for label, (right, total) in sorted(tally.items())
+    }
 
 
 @dataclass
@@ -86,7 +92,6 @@ class Confusion:
     classes: list[str]
     columns: list[str]
     counts: list[list[int]]
-
 
 
 def class_names(outcomes: list[Outcome]) -> dict[str, str]:
@@ -99,7 +104,6 @@ def class_names(outcomes: list[Outcome]) -> dict[str, str]:
         names.setdefault(normalise(o.label), o.label)
         names.setdefault(normalise(o.reference), names[normalise(o.label)])
     return names
-
 
 
 def confusion_matrix(outcomes: list[Outcome]) -> Confusion:
@@ -116,8 +120,15 @@ def confusion_matrix(outcomes: list[Outcome]) -> Confusion:
     return Confusion(classes, columns, counts)
 
 
-
 def error_examples(outcomes: list[Outcome], limit: int) -> list[dict[str, str]]:
     wrong = [o for o in outcomes if not o.correct]
-    return [{"key": o.key, "prompt": o.prompt, "reference": o.reference, "prediction": o.prediction,
-             "generated": o.generated} for o in wrong[:limit]]
+    return [
+        {
+            "key": o.key,
+            "prompt": o.prompt,
+            "reference": o.reference,
+            "prediction": o.prediction,
+            "generated": o.generated,
+        }
+        for o in wrong[:limit]
+    ]

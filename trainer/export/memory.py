@@ -1,5 +1,6 @@
 """Measuring the merge's resident memory: libraries imported before the baseline, freed memory returned promptly,
 and the peak (VmHWM) reset and read."""
+
 from __future__ import annotations
 
 import importlib
@@ -8,13 +9,17 @@ from pathlib import Path
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
-
 def import_libraries(kind: str) -> None:
     """Imported before the memory baseline is taken, so that the peak's excess over it is data, not code."""
     extra = {"full": ["deepspeed.utils.zero_to_fp32"], "qlora": ["bitsandbytes"]}.get(kind, [])
-    for module in ["peft", "transformers.models.auto.modeling_auto", "trainer.models.loading", "trainer.models.processor", *extra]:
+    for module in [
+        "peft",
+        "transformers.models.auto.modeling_auto",
+        "trainer.models.loading",
+        "trainer.models.processor",
+        *extra,
+    ]:
         importlib.import_module(module)
-
 
 
 def return_freed_memory_promptly() -> None:
@@ -32,12 +37,10 @@ def return_freed_memory_promptly() -> None:
         pass  # not glibc: its allocator has no such threshold
 
 
-
 def current_rss() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
-
 
 
 def reset_peak_rss() -> bool:
@@ -47,7 +50,6 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
 
 
 def peak_rss() -> int:

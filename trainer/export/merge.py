@@ -1,5 +1,6 @@
 """The merged model: base + adapter merged in fp32 (into the dequantised 4-bit base for QLoRA), or a full
 fine-tuning ZeRO checkpoint consolidated one tensor at a time; and the model as trained, for reference."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,12 +17,10 @@ from trainer.models.dtypes import DTYPES
 CONSOLIDATION_CHUNKS = 64  # pages of 1/64 of the checkpoint read at most before a reopen unmaps them
 
 
-
 def load_base(config: TrainConfig) -> nn.Module:
     from trainer.models.loading import load_base_model
 
     return load_base_model(config, torch.device("cpu"))
-
 
 
 def with_adapter(base: nn.Module, adapter: Path) -> nn.Module:
@@ -36,10 +35,11 @@ def with_adapter(base: nn.Module, adapter: Path) -> nn.Module:
             found = set(stored.keys())
         expected = set(get_peft_model_state_dict(model))
         if found != expected:
-            raise ExportError(f"{weights}: missing {sorted(expected - found)[:3]}, unexpected "
-                              f"{sorted(found - expected)[:3]} ({len(expected ^ found)} tensors differ)")
+            raise ExportError(
+                f"{weights}: missing {sorted(expected - found)[:3]}, unexpected "
+                f"{sorted(found - expected)[:3]} ({len(expected ^ found)} tensors differ)"
+            )
     return model
-
 
 
 def dequantised(model: nn.Module) -> nn.Module:
@@ -54,7 +54,6 @@ def dequantised(model: nn.Module) -> nn.Module:
     return model
 
 
-
 def empty_model(base: str) -> nn.Module:
     """The base model's architecture with no weights (meta tensors)."""
     from accelerate import init_empty_weights
@@ -62,7 +61,6 @@ def empty_model(base: str) -> nn.Module:
 
     with init_empty_weights():
         return AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(base))
-
 
 
 def filled(model: nn.Module, tensors, dtype: str, origin: str, base: str) -> nn.Module:
@@ -82,13 +80,11 @@ def filled(model: nn.Module, tensors, dtype: str, origin: str, base: str) -> nn.
     return model
 
 
-
 def consolidated(checkpoint: Path, base: str, dtype: str) -> nn.Module:
     """The base model's architecture holding the checkpoint's weights in `dtype`. The base weights are never
     loaded (the checkpoint holds every tensor, frozen ones included): the model starts empty and receives
     one gathered tensor at a time."""
     return filled(empty_model(base), zero_tensors(checkpoint, CONSOLIDATION_CHUNKS), dtype, str(checkpoint), base)
-
 
 
 def lora_merged(config: TrainConfig, adapter: Path, dtype: str) -> nn.Module:
@@ -114,13 +110,11 @@ def lora_merged(config: TrainConfig, adapter: Path, dtype: str) -> nn.Module:
     return adapted.unload()
 
 
-
 def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name in the base model, layer) of every LoRA layer of a PeftModel."""
     from peft.tuners.lora import LoraLayer
 
     return [(name, module) for name, module in model.base_model.model.named_modules() if isinstance(module, LoraLayer)]
-
 
 
 def base_generation_config(base: str, fallback):
@@ -132,7 +126,6 @@ def base_generation_config(base: str, fallback):
         return fallback
 
 
-
 def merged_model(source: Source, config: TrainConfig, dtype: str) -> nn.Module:
     """The exported model: merged in fp32 (LoRA, QLoRA) or consolidated into the base in `dtype` (full)."""
     if source.kind == "full":
@@ -142,13 +135,11 @@ def merged_model(source: Source, config: TrainConfig, dtype: str) -> nn.Module:
     return lora_merged(config, source.adapter, dtype)
 
 
-
 def merge_dtype(base: str, dtype: str) -> str:
     """The dtype to hold a whole base in while merging. Its own when that is the output dtype: upcasting it is
     exact and peft adds the fp32 delta in fp32 arithmetic, rounding once to the output (W + ΔW, as a merge
     in fp32 then cast would), while memory holds the output-sized model, not an fp32 one. Else float32."""
     return dtype if default_dtype(base) == dtype else "float32"
-
 
 
 def reference_model(source: Source, config: TrainConfig) -> nn.Module:

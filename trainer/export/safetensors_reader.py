@@ -4,6 +4,7 @@ Loading through a memory map keeps every page read resident until the map closes
 base to bf16 while loading it holds the fp32 file and the bf16 model at once (three times the
 output). Read into a buffer of its own, a tensor costs its own size, and only while it is converted.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,18 @@ from pathlib import Path
 
 import torch
 
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
@@ -33,7 +43,7 @@ class SafetensorsWeights:
         self.tensors = tensors
 
     @classmethod
-    def open(cls, folder: Path | str) -> "SafetensorsWeights | None":
+    def open(cls, folder: Path | str) -> SafetensorsWeights | None:
         """The folder's weights (one file or an index of shards); None where it has no safetensors of its own
         (a hub id, other formats)."""
         folder = Path(folder)
@@ -60,8 +70,9 @@ class SafetensorsWeights:
         if not all(isinstance(transform, WeightRenaming) for transform in transforms):
             return None
         own = model.state_dict()
-        renamed = {rename_source_key(name, transforms, [], model.base_model_prefix, own)[0]: name
-                   for name in self.tensors}
+        renamed = {
+            rename_source_key(name, transforms, [], model.base_model_prefix, own)[0]: name for name in self.tensors
+        }
         return renamed if len(renamed) == len(self.tensors) and set(renamed) <= set(own) else None
 
     def read(self, name: str) -> torch.Tensor:
@@ -86,6 +97,7 @@ def header(path: Path) -> dict[str, StoredTensor]:
         if entry["dtype"] not in SAFETENSORS_DTYPES:
             raise ValueError(f"{path}: tensor {name} has dtype {entry['dtype']}, which this reader does not know")
         begin, end = entry["data_offsets"]
-        tensors[name] = StoredTensor(path, data_start + begin, end - begin, SAFETENSORS_DTYPES[entry["dtype"]],
-                                     tuple(entry["shape"]))
+        tensors[name] = StoredTensor(
+            path, data_start + begin, end - begin, SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"])
+        )
     return tensors

@@ -1,19 +1,19 @@
 """Saving the export: the output folder checked, sharded safetensors, processor, chat template, model card."""
+
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
-from trainer.run_folder import Checkpoint
 
 from torch import nn
 
 from trainer.config.schema import TrainConfig
 from trainer.export.source import ExportError, Source
 from trainer.models.dtypes import DTYPES
+from trainer.run_folder import Checkpoint
 
 MERGE_SUMMARY = "merge_summary.json"
-
 
 
 def prepare_out(out: Path, force: bool, inputs: list[Path]) -> None:
@@ -26,7 +26,6 @@ def prepare_out(out: Path, force: bool, inputs: list[Path]) -> None:
             raise ExportError(f"--out {out} is not empty; pass --force to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-
 
 
 def save(model: nn.Module, out: Path, dtype: str, max_shard_size: str, base: str, chat_template: str = "") -> int:
@@ -42,7 +41,6 @@ def save(model: nn.Module, out: Path, dtype: str, max_shard_size: str, base: str
     return sum(f.stat().st_size for f in out.glob("*.safetensors"))
 
 
-
 def data_fingerprint(config: TrainConfig) -> str | None:
     """`source.fingerprint` of the training split's index.json, where it can be found."""
     from data_shards.index import INDEX_NAME, load_index
@@ -56,20 +54,27 @@ def data_fingerprint(config: TrainConfig) -> str | None:
         return None
 
 
-
 def model_card(source: Source, config: TrainConfig, summary: dict) -> str:
     import yaml
 
     state = Checkpoint(source.checkpoint).trainer_state
     step = json.loads(state.read_text()).get("step") if state.exists() else None
     settings = json.loads(source.run_config.read_text()) if source.run_config else None
-    kinds = {"lora": "LoRA adapter merged", "qlora": "QLoRA adapter merged into the dequantised 4-bit base",
-             "full": "full fine-tuning, ZeRO checkpoint consolidated"}
+    kinds = {
+        "lora": "LoRA adapter merged",
+        "qlora": "QLoRA adapter merged into the dequantised 4-bit base",
+        "full": "full fine-tuning, ZeRO checkpoint consolidated",
+    }
     lines = [
-        "---", f"base_model: {config.model.path}", "library_name: transformers",
-        "tags: [shardtune, image-text-to-text]", "---", f"# {Path(summary['out']).name}", "",
-        f"Exported by shardtune ({kinds[source.kind]}). Loads with `AutoModelForImageTextToText` and "
-        "`AutoProcessor`.", "",
+        "---",
+        f"base_model: {config.model.path}",
+        "library_name: transformers",
+        "tags: [shardtune, image-text-to-text]",
+        "---",
+        f"# {Path(summary['out']).name}",
+        "",
+        f"Exported by shardtune ({kinds[source.kind]}). Loads with `AutoModelForImageTextToText` and `AutoProcessor`.",
+        "",
         f"- Base model: `{config.model.path}`",
         f"- Checkpoint: `{source.checkpoint}`" + (f" (step {step})" if step is not None else ""),
         f"- Training data: `{config.data.train or 'unknown'}`, index fingerprint "
@@ -83,9 +88,10 @@ def model_card(source: Source, config: TrainConfig, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def verification_line(summary: dict) -> str:
     if summary["max_abs_logit_diff"] is None:
         return "skipped (--verify-samples 0)"
-    return (f"max |Δlogit| {summary['max_abs_logit_diff']:.3g} vs the trained model on {summary['verify_samples']} "
-            f"{summary['verify_source']} samples (tolerance {summary['tolerance']:.3g})")
+    return (
+        f"max |Δlogit| {summary['max_abs_logit_diff']:.3g} vs the trained model on {summary['verify_samples']} "
+        f"{summary['verify_source']} samples (tolerance {summary['tolerance']:.3g})"
+    )

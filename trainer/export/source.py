@@ -1,4 +1,5 @@
 """What to export: a run folder, checkpoint folder or adapter folder → its kind, adapter and training config."""
+
 from __future__ import annotations
 
 import copy
@@ -10,18 +11,24 @@ from pathlib import Path
 from trainer.config.fields import ConfigError
 from trainer.config.schema import TrainConfig, load
 from trainer.models.dtypes import DTYPES
-from trainer.run_folder import (ADAPTER, ADAPTER_CONFIG, CHECKPOINTS, COMPLETE, LATEST, RUN_CONFIG, Checkpoint,
-                                newest_checkpoint)
+from trainer.run_folder import (
+    ADAPTER,
+    ADAPTER_CONFIG,
+    CHECKPOINTS,
+    COMPLETE,
+    LATEST,
+    RUN_CONFIG,
+    Checkpoint,
+    newest_checkpoint,
+)
 
 
 class ExportError(ValueError):
     """The checkpoint, base or output folder cannot be used; the message names which and why."""
 
 
-
 def say(message: str) -> None:
     print(f"[merge] {message}", file=sys.stderr, flush=True)
-
 
 
 @dataclass
@@ -30,7 +37,6 @@ class Source:
     checkpoint: Path  # the checkpoint folder (or the adapter folder when given one alone)
     adapter: Path | None
     run_config: Path | None  # the run's config.resolved.json, when there is one
-
 
 
 def resolve_source(path: Path) -> Source:
@@ -44,8 +50,10 @@ def resolve_source(path: Path) -> Source:
         raise ExportError(f"--checkpoint {path}: no such folder")
     checkpoint = Checkpoint(path)
     if not checkpoint.is_complete:
-        raise ExportError(f"--checkpoint {path}: not a run, a complete checkpoint or an adapter folder "
-                          f"(no {CHECKPOINTS}/{LATEST}, {COMPLETE} or {ADAPTER_CONFIG})")
+        raise ExportError(
+            f"--checkpoint {path}: not a run, a complete checkpoint or an adapter folder "
+            f"(no {CHECKPOINTS}/{LATEST}, {COMPLETE} or {ADAPTER_CONFIG})"
+        )
     adapter = checkpoint.adapter
     return with_kind(path, adapter if adapter.exists() else None, run_config_in(checkpoint.run.root))
 
@@ -65,7 +73,6 @@ def with_kind(checkpoint: Path, adapter: Path | None, run_config: Path | None) -
     return Source(kind, checkpoint, adapter, run_config)
 
 
-
 def training_config(source: Source, base: str | None) -> TrainConfig:
     """The run's training settings with model.path = the base (defaults when only an adapter is given)."""
     if source.run_config is None:
@@ -79,22 +86,21 @@ def training_config(source: Source, base: str | None) -> TrainConfig:
     return config
 
 
-
 def adapter_base(adapter: Path | None) -> str:
     settings = json.loads((adapter / ADAPTER_CONFIG).read_text()) if adapter else {}
     recorded = settings.get("base_model_name_or_path")
     if not recorded:
-        raise ExportError("--base is required: the checkpoint names no base model (no run config, no "
-                          "base_model_name_or_path in adapter_config.json)")
+        raise ExportError(
+            "--base is required: the checkpoint names no base model (no run config, no "
+            "base_model_name_or_path in adapter_config.json)"
+        )
     return recorded
-
 
 
 def with_dtype(config: TrainConfig, dtype: str) -> TrainConfig:
     changed = copy.deepcopy(config)
     changed.model.dtype = dtype
     return changed
-
 
 
 def default_dtype(base: str) -> str:

@@ -1,4 +1,5 @@
 """Verification: logits of the exported model, reloaded by plain transformers, against the model as trained."""
+
 from __future__ import annotations
 
 import itertools
@@ -17,9 +18,7 @@ from trainer.models.dtypes import DTYPES
 FLOAT32_TOLERANCE = 1e-3
 
 
-
 RELATIVE_TOLERANCE = {torch.bfloat16: 4e-2, torch.float16: 5e-3}
-
 
 
 def verification_samples(config: TrainConfig, count: int) -> tuple[list, str]:
@@ -36,7 +35,6 @@ def verification_samples(config: TrainConfig, count: int) -> tuple[list, str]:
         except (OSError, ValueError) as error:
             say(f"data.val {config.data.val} cannot be read ({error}): verifying on synthetic samples")
     return synthetic_samples(count), "synthetic"
-
 
 
 def synthetic_samples(count: int) -> list:
@@ -58,7 +56,6 @@ def synthetic_samples(count: int) -> list:
     return samples
 
 
-
 def verification_batches(samples: list, out: Path, max_length: int) -> list[dict[str, torch.Tensor]]:
     """One sample per batch (no padding), encoded by the exported processor as in training."""
     from transformers import AutoConfig
@@ -68,14 +65,18 @@ def verification_batches(samples: list, out: Path, max_length: int) -> list[dict
     from trainer.models.processor import load_processor
 
     config = AutoConfig.from_pretrained(out)
-    collator = Collator(load_processor(out), max_length, *token_check_for(config), template_source=template_source(out),
-                        model_type=config.model_type)
+    collator = Collator(
+        load_processor(out),
+        max_length,
+        *token_check_for(config),
+        template_source=template_source(out),
+        model_type=config.model_type,
+    )
     batches = [collator([sample]) for sample in samples]
     kept = [{k: v for k, v in batch.inputs.items() if k != "labels"} for batch in batches if len(batch)]
     if not kept:
         raise ExportError(f"no verification sample fits model.max_length={max_length}")
     return kept
-
 
 
 @torch.no_grad()
@@ -87,9 +88,10 @@ def masked_logits(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> l
 
     mask_image_free_rows(model)
     dtype = dtype_of(model)
-    return [model(**move(b, torch.device("cpu"), dtype), use_cache=False).logits[b["attention_mask"].bool()].float()
-            for b in batches]
-
+    return [
+        model(**move(b, torch.device("cpu"), dtype), use_cache=False).logits[b["attention_mask"].bool()].float()
+        for b in batches
+    ]
 
 
 def verify(source: Source, config: TrainConfig, out: Path, count: int) -> dict:
@@ -101,15 +103,17 @@ def verify(source: Source, config: TrainConfig, out: Path, count: int) -> dict:
     reference = masked_logits(reference_model(source, config), batches)
     exported = masked_logits(AutoModelForImageTextToText.from_pretrained(out).eval(), batches)
     difference = max(float((got - want).abs().max()) for got, want in zip(exported, reference))
-    return {"max_abs_logit_diff": difference, "max_abs_logit": max(float(r.abs().max()) for r in reference),
-            "verify_samples": len(batches), "verify_source": where}
-
+    return {
+        "max_abs_logit_diff": difference,
+        "max_abs_logit": max(float(r.abs().max()) for r in reference),
+        "verify_samples": len(batches),
+        "verify_source": where,
+    }
 
 
 def reference_dtype(source: Source, config: TrainConfig) -> torch.dtype:
     """QLoRA's reference computes in its 4-bit layers' compute dtype (model.dtype); the others in fp32."""
     return DTYPES[config.model.dtype] if source.kind == "qlora" else torch.float32
-
 
 
 def default_tolerance(out_dtype: torch.dtype, compute_dtype: torch.dtype, logit_scale: float) -> float:

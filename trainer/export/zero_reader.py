@@ -11,14 +11,15 @@ padding the optimizer recorded), copied out of the one or few slices it spans. D
 reader instead concatenates every slice and loads the model-states file whole, which holds the model
 three times over. ZeRO-3: DeepSpeed's lazy reader gathers one tensor at a time.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -83,6 +84,7 @@ def zero_stage(checkpoint: Path) -> int:
 
 # ---------------------------------------------------------------------------------------------- ZeRO-2
 
+
 def zero2_tensors(checkpoint: Path, chunks: int) -> Iterator[tuple[str, torch.Tensor]]:
     from deepspeed.checkpoint.constants import BUFFER_NAMES, FROZEN_PARAM_FRAGMENTS
 
@@ -100,14 +102,19 @@ def zero2_tensors(checkpoint: Path, chunks: int) -> Iterator[tuple[str, torch.Te
             slices, taken = None, 0  # unmaps the pages read so far
             slices = zero2_slices(checkpoint)
         taken += parameter.numel
-        yield parameter.name, copy_range(slices[parameter.group], parameter.start, parameter.numel).view(parameter.shape)
+        yield (
+            parameter.name,
+            copy_range(slices[parameter.group], parameter.start, parameter.numel).view(parameter.shape),
+        )
 
 
 def zero2_slices(checkpoint: Path) -> list[list[torch.Tensor]]:
     """Per parameter group, each rank's slice of the flat fp32 vector (memory-mapped)."""
     from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT, SINGLE_PARTITION_OF_FP32_GROUPS
 
-    per_rank = [load_mapped(f)[OPTIMIZER_STATE_DICT][SINGLE_PARTITION_OF_FP32_GROUPS] for f in optimizer_files(checkpoint)]
+    per_rank = [
+        load_mapped(f)[OPTIMIZER_STATE_DICT][SINGLE_PARTITION_OF_FP32_GROUPS] for f in optimizer_files(checkpoint)
+    ]
     return [list(group) for group in zip(*per_rank)]
 
 
@@ -126,8 +133,10 @@ def zero2_layout(checkpoint: Path, model_state: dict, slices: list[list[torch.Te
             offset += math.prod(shape) + (paddings[group][index] if paddings else 0)
         align = 2 * len(files)  # ZeRO-2 pads each group's vector to a multiple of twice the world size
         if math.ceil(offset / align) != math.ceil(sizes[group] / align):
-            raise ZeroCheckpointError(f"{files[0]}: parameter group {group} holds {sizes[group]} values, but its "
-                                      f"{len(shapes)} parameters take {offset}")
+            raise ZeroCheckpointError(
+                f"{files[0]}: parameter group {group} holds {sizes[group]} values, but its "
+                f"{len(shapes)} parameters take {offset}"
+            )
     return layout
 
 
@@ -137,7 +146,7 @@ def copy_range(slices: list[torch.Tensor], start: int, numel: int) -> torch.Tens
     for part in slices:
         low, high = max(start, slice_start), min(start + numel, slice_start + part.numel())
         if low < high:
-            out[low - start:high - start] = part[low - slice_start:high - slice_start]
+            out[low - start : high - start] = part[low - slice_start : high - slice_start]
             filled += high - low
         slice_start += part.numel()
     if filled != numel:
@@ -146,6 +155,7 @@ def copy_range(slices: list[torch.Tensor], start: int, numel: int) -> torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------- ZeRO-3
+
 
 def zero3_tensors(checkpoint: Path, chunks: int) -> Iterator[tuple[str, torch.Tensor]]:
     """DeepSpeed's lazy reader: frozen tensors first (whole), then one gathered tensor at a time."""
@@ -169,5 +179,6 @@ def open_zero3(checkpoint: Path, frozen: bool) -> dict:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints its progress on stdout
-        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
-                                                        exclude_frozen_parameters=not frozen, lazy_mode=True)
+        return get_fp32_state_dict_from_zero_checkpoint(
+            str(checkpoint.parent), tag=checkpoint.name, exclude_frozen_parameters=not frozen, lazy_mode=True
+        )

@@ -1,4 +1,5 @@
 """The weight dtypes a config may name (`model.dtype`), as torch dtypes."""
+
 import torch
 
 from trainer.config.schema import DTYPE_NAMES

@@ -1,4 +1,5 @@
 """Load an image-text-to-text model and make it trainable: attention, 4-bit quantisation, freezing, LoRA."""
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,14 @@ from transformers import AutoModelForImageTextToText
 from trainer.config.schema import TrainConfig
 from trainer.models.dtypes import DTYPES
 from trainer.models.mllama_fix import mask_image_free_rows
-from trainer.models.parts import PROJECTOR_NAMES, VISION_NAMES, ModelParts, apply_freeze_policy, find_parts, trained_in_full
+from trainer.models.parts import (
+    PROJECTOR_NAMES,
+    VISION_NAMES,
+    ModelParts,
+    apply_freeze_policy,
+    find_parts,
+    trained_in_full,
+)
 
 log = logging.getLogger("shardtune")
 
@@ -48,8 +56,12 @@ def load_base_model(config: TrainConfig, device: torch.device) -> nn.Module:
     attention = choose_attention(config.model.attention)
     dtype = DTYPES[config.model.dtype]
     quant = config.quant
-    kwargs = dict(dtype=dtype, quantization_config=four_bit_config(quant.quant_type, quant.double_quant, dtype)
-                  if quant.load_in_4bit else None)
+    kwargs = dict(
+        dtype=dtype,
+        quantization_config=four_bit_config(quant.quant_type, quant.double_quant, dtype)
+        if quant.load_in_4bit
+        else None,
+    )
     if config.quant.load_in_4bit:
         kwargs["device_map"] = {"": device}
     try:
@@ -101,6 +113,10 @@ def prepare_model(config: TrainConfig, device: torch.device) -> tuple[nn.Module,
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise ValueError("nothing to train: every part is frozen (check model.freeze_* and lora.enabled)")
-    log.info("model %s: %d trainable of %d parameters", Path(config.model.path).name, trainable,
-             sum(p.numel() for p in model.parameters()))
+    log.info(
+        "model %s: %d trainable of %d parameters",
+        Path(config.model.path).name,
+        trainable,
+        sum(p.numel() for p in model.parameters()),
+    )
     return model, parts

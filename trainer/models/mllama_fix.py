@@ -6,8 +6,10 @@ before the first `<|image|>`, or in a row without images) still attends uniforml
 features and adds `tanh(cross_attn_attn_gate)` times that to its hidden state. Meta's reference implementation
 (and vLLM's, SGLang's) masks the attention output too, so such a token passes the layer unchanged — what a text
 gets alone, whose batch skips the cross-attention layers. Without that, a text-only sample's loss depends on
-whether its micro-batch holds images, and the blank image (`trainer.batches.blank_image`) would change loss and gradients.
+whether its micro-batch holds images, and the blank image (`trainer.batches.blank_image`) would change loss and
+gradients.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """A model's vision tower, projector and language model, found from its structure (never from its name),
 and which of them are frozen."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,10 @@ def find_parts(model: nn.Module) -> ModelParts:
     projector = shortest(n for n in names if n.rsplit(".", 1)[-1] in PROJECTOR_NAMES)
     language = shortest(n for n in names if n.rsplit(".", 1)[-1] in LANGUAGE_NAMES)
     if not (vision and projector and language):
-        raise ValueError(f"cannot find vision tower / projector / language model in {type(model).__name__} "
-                         f"(found {vision!r}, {projector!r}, {language!r})")
+        raise ValueError(
+            f"cannot find vision tower / projector / language model in {type(model).__name__} "
+            f"(found {vision!r}, {projector!r}, {language!r})"
+        )
     return ModelParts(vision, projector, language)
 
 
@@ -47,8 +50,12 @@ def shortest(names) -> str:
 
 
 def apply_freeze_policy(model: nn.Module, parts: ModelParts, config: TrainConfig) -> None:
-    frozen = {"vision": config.model.freeze_vision_tower, "projector": config.model.freeze_projector,
-              "language": config.model.freeze_language_model or config.lora.enabled, "other": config.lora.enabled}
+    frozen = {
+        "vision": config.model.freeze_vision_tower,
+        "projector": config.model.freeze_projector,
+        "language": config.model.freeze_language_model or config.lora.enabled,
+        "other": config.lora.enabled,
+    }
     for name, parameter in model.named_parameters():
         if frozen[parts.part_of(name)]:
             parameter.requires_grad_(False)

@@ -1,13 +1,23 @@
 """Load a model's processor; those with a torchvision-only video processor (Qwen-VL, LLaVA-OneVision,
 InternVL) work on machines without torchvision too."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from transformers import (AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer, InternVLProcessor,
-                          LlavaOnevisionProcessor, PaliGemmaProcessor, ProcessorMixin, Qwen2_5_VLProcessor,
-                          Qwen2VLProcessor)
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoProcessor,
+    AutoTokenizer,
+    InternVLProcessor,
+    LlavaOnevisionProcessor,
+    PaliGemmaProcessor,
+    ProcessorMixin,
+    Qwen2_5_VLProcessor,
+    Qwen2VLProcessor,
+)
 from transformers.utils import is_torchvision_available
 
 
@@ -57,8 +67,12 @@ class ImageOnlyInternVLProcessor(ImageOnlyMixin, InternVLProcessor):
     setting_keys = ("image_seq_length",)
 
 
-IMAGE_ONLY = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor,
-              "llava_onevision": ImageOnlyLlavaOnevisionProcessor, "internvl": ImageOnlyInternVLProcessor}
+IMAGE_ONLY = {
+    "qwen2_vl": ImageOnlyQwen2VLProcessor,
+    "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor,
+    "llava_onevision": ImageOnlyLlavaOnevisionProcessor,
+    "internvl": ImageOnlyInternVLProcessor,
+}
 
 
 class ChatPaliGemmaProcessor(PaliGemmaProcessor):
@@ -104,8 +118,9 @@ def load_processor(path: Path):
         return AutoProcessor.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     extra = load_processor_settings(path, model_type)
-    return IMAGE_ONLY[model_type](AutoImageProcessor.from_pretrained(path), tokenizer,
-                                  chat_template=tokenizer.chat_template, **extra)
+    return IMAGE_ONLY[model_type](
+        AutoImageProcessor.from_pretrained(path), tokenizer, chat_template=tokenizer.chat_template, **extra
+    )
 
 
 def load_processor_settings(path: Path, model_type: str) -> dict:

@@ -2,6 +2,7 @@
 
 Writes `runs/demo/summary.json` with the held-out exact-match accuracy before and after training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,17 +36,41 @@ def parser() -> argparse.ArgumentParser:
 def prepare_data(out: Path, samples: int) -> Path:
     dataset = make_dataset("llava", out / "raw", n=samples, seed=0, task="color")
     shards = out / "shards"
-    build(BuildConfig(input=dataset.input, out=shards, image_root=dataset.image_root,
-                      split=SplitSpec.parse("train=0.9,val=0.1"), seed=0, layout=ShardLayout(max_samples=200),
-                      workers=2, overwrite=True, progress=False))
+    build(
+        BuildConfig(
+            input=dataset.input,
+            out=shards,
+            image_root=dataset.image_root,
+            split=SplitSpec.parse("train=0.9,val=0.1"),
+            seed=0,
+            layout=ShardLayout(max_samples=200),
+            workers=2,
+            overwrite=True,
+            progress=False,
+        )
+    )
     return shards
 
 
 def train(out: Path, base: Path, shards: Path, ranks: int, config: Path, overrides: list[str]) -> dict:
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-               "--master_port", str(free_port()), str(ROOT / "launch/train.py"), "--config", str(config),
-               f"model.path={base}", f"data.train={shards / 'train'}", f"data.val={shards / 'val'}",
-               f"train.output_dir={out / 'train'}", "checkpoint.resume=none", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "launch/train.py"),
+        "--config",
+        str(config),
+        f"model.path={base}",
+        f"data.train={shards / 'train'}",
+        f"data.val={shards / 'val'}",
+        f"train.output_dir={out / 'train'}",
+        "checkpoint.resume=none",
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
     subprocess.run(command, check=True, env=env, cwd=ROOT)
     return json.loads((out / "train" / "train_summary.json").read_text())
@@ -59,9 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     base = build_tiny_model("llava", out / "base_model", image_size=SMALL_IMAGE)
     shards = prepare_data(out, args.samples)
     result = train(out, base, shards, args.ranks, args.config, args.overrides)
-    summary = {**result, "shards": str(shards), "base_model": str(base), "wall_time_s": round(time.monotonic() - started, 1)}
+    summary = {
+        **result,
+        "shards": str(shards),
+        "base_model": str(base),
+        "wall_time_s": round(time.monotonic() - started, 1),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"demo: exact-match accuracy {summary['accuracy_before']:.2%} → {summary['accuracy_after']:.2%} "
-          f"after {summary['steps']} steps on {summary['world_size']} ranks (ZeRO-{summary['zero_stage']}), "
-          f"{summary['wall_time_s']} s; summary: {out / 'summary.json'}")
+    print(
+        f"demo: exact-match accuracy {summary['accuracy_before']:.2%} → {summary['accuracy_after']:.2%} "
+        f"after {summary['steps']} steps on {summary['world_size']} ranks (ZeRO-{summary['zero_stage']}), "
+        f"{summary['wall_time_s']} s; summary: {out / 'summary.json'}"
+    )
     return 0

@@ -6,6 +6,7 @@ passes on to its ranks).
 - signal_step: rank 0 sends itself SIGUSR2 (a preemption warning) during this optimizer step;
 - exit_step: every rank dies (os._exit) right after this optimizer step, as a killed job would.
 """
+
 from __future__ import annotations
 
 import logging

@@ -11,6 +11,7 @@ a 1000-token BPE trained here on a built-in corpus (each answer word one token),
 (see `build_model`), and, only when `image_size` is given, a vision input scaled down to
 `image_size` pixels (pinpoints with it) for fast tests; the published size otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,9 @@ import torch
 from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
 from data_shards.synthetic.vocabulary import COLORS, SHAPES
+from trainer.models.families.published import Published, load
 from trainer.testing.kit import gemma, idefics3, internvl, llava, mllama, qwen
 from trainer.testing.kit.tokenizer import build_tokenizer
-from trainer.models.families.published import Published, load
 
 # family name → (published record, kit module)
 KITS: dict[str, tuple[str, ModuleType]] = {
@@ -47,13 +48,31 @@ MARKER = "tiny_model.json"
 KIT_VERSION = 4  # bump when what is built changes, so that directories built before are rebuilt
 LM_HEAD_SCALE = 10.0
 
-ANSWER_WORDS = (*COLORS, *SHAPES, "First", "Second", "Similar", "yes", "no", "none", "one", "two", "three",
-                *"0123456789")
+ANSWER_WORDS = (
+    *COLORS,
+    *SHAPES,
+    "First",
+    "Second",
+    "Similar",
+    "yes",
+    "no",
+    "none",
+    "one",
+    "two",
+    "three",
+    *"0123456789",
+)
 QUESTIONS = (
-    "What color is the shape?", "What shape is this?", "Describe this image.", "What is shown in this image?",
+    "What color is the shape?",
+    "What shape is this?",
+    "Describe this image.",
+    "What is shown in this image?",
     "Compare the first image with the second. Answer First, Second or Similar.",
-    "Which objects are in the image?", "How many shapes are there?", "Are these two images the same?",
-    "Which color do you get by mixing blue and yellow?", "You are a helpful assistant.",
+    "Which objects are in the image?",
+    "How many shapes are there?",
+    "Are these two images the same?",
+    "Which color do you get by mixing blue and yellow?",
+    "You are a helpful assistant.",
 )
 GENERIC_ENGLISH = (
     "USER: ASSISTANT: system user assistant",
@@ -73,12 +92,21 @@ GENERIC_ENGLISH = (
     "waves are scattered more than long ones. At sunset the light travels further, so we see warm colours.",
 )
 
-TEMPLATE_WORDS = ("USER: ASSISTANT: User: Assistant: system user assistant model [INST] [/INST] <<SYS>> <</SYS>> "
-                  "Picture Image You are a helpful assistant.")
+TEMPLATE_WORDS = (
+    "USER: ASSISTANT: User: Assistant: system user assistant model [INST] [/INST] <<SYS>> <</SYS>> "
+    "Picture Image You are a helpful assistant."
+)
 
 
-def build_tiny_model(family: str, out: Path, *, seed: int = 0, image_size: int | None = None, overwrite: bool = False,
-                     text: dict | None = None) -> Path:
+def build_tiny_model(
+    family: str,
+    out: Path,
+    *,
+    seed: int = 0,
+    image_size: int | None = None,
+    overwrite: bool = False,
+    text: dict | None = None,
+) -> Path:
     """Writes a tiny random `family` model with its processor to `out` (same seed, same weights); returns `out`.
 
     `image_size` scales the vision input down (None: the published size). `text` overrides the language model's
@@ -90,8 +118,14 @@ def build_tiny_model(family: str, out: Path, *, seed: int = 0, image_size: int |
         raise ValueError(f"unknown family {family!r}; expected one of {tuple(KITS)}")
     out = Path(out)
     published, kit = load(KITS[family][0]), KITS[family][1]
-    arguments = {"family": family, "published": published.name, "seed": seed, "image_size": image_size,
-                 "kit_version": KIT_VERSION, **({"text": text} if text else {})}
+    arguments = {
+        "family": family,
+        "published": published.name,
+        "seed": seed,
+        "image_size": image_size,
+        "kit_version": KIT_VERSION,
+        **({"text": text} if text else {}),
+    }
     marker = out / MARKER
     if marker.exists() and json.loads(marker.read_text()) == arguments and not overwrite:
         return out
@@ -119,8 +153,11 @@ def build_model(config, tokenizer: PreTrainedTokenizerFast, published: Published
         # cannot express a confident answer and LoRA training stalls near log(vocab); a trained
         # checkpoint's head has that range, so give the random one a comparable scale.
         model.get_output_embeddings().weight.mul_(LM_HEAD_SCALE)
-    model.generation_config.update(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=end_of_turn_ids(tokenizer, published))
+    model.generation_config.update(
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=end_of_turn_ids(tokenizer, published),
+    )
     return model
 
 
@@ -133,8 +170,12 @@ def end_of_turn_ids(tokenizer: PreTrainedTokenizerFast, published: Published) ->
 
 def corpus() -> list[str]:
     """Our synthetic datasets' questions and answers plus some English; answer words often enough to merge whole."""
-    scenes = [f"a {color} {shape} on a {background} background"
-              for color in COLORS for shape in SHAPES for background in ("white", "light grey")]
+    scenes = [
+        f"a {color} {shape} on a {background} background"
+        for color in COLORS
+        for shape in SHAPES
+        for background in ("white", "light grey")
+    ]
     counting = [f"How many {shape} objects are there? Where is the {shape}?" for shape in SHAPES]
     boxes = [f"[0.{i}{j}, 0.{j}{i}, 0.{i}5, 0.9{j}]" for i in range(10) for j in range(10)]
     answers = [" ".join(ANSWER_WORDS), "\n".join(ANSWER_WORDS), ", ".join(ANSWER_WORDS)]

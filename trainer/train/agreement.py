@@ -11,10 +11,11 @@ The ranks still have to agree on *why* a step was skipped (a non-finite loss cou
 all-reduces both with one small collective started before the boundary micro-step's backward and read
 after `engine.step()`: it runs while the ranks compute, instead of holding every micro-step up.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -44,15 +45,18 @@ class StepAgreement:
         return bool(nonfinite), signum
 
 
-def count_step(state: TrainerState, applied: bool, nonfinite: bool, max_bad_steps: int,
-               last_good: Callable[[], str | None]) -> bool:
+def count_step(
+    state: TrainerState, applied: bool, nonfinite: bool, max_bad_steps: int, last_good: Callable[[], str | None]
+) -> bool:
     """Counts an optimizer step that DeepSpeed applied or skipped (every rank sees the same arguments); True
     if applied. A skip after a NaN/Inf loss counts towards `max_bad_steps` in a row, then the run aborts
     naming the `last_good` checkpoint; an fp16 loss-scale overflow is only counted."""
     if applied:
         if nonfinite:
-            raise NonFiniteLossError("DeepSpeed applied an optimizer step whose loss was NaN/Inf on some rank: "
-                                     "check the DeepSpeed config's overflow checks")
+            raise NonFiniteLossError(
+                "DeepSpeed applied an optimizer step whose loss was NaN/Inf on some rank: "
+                "check the DeepSpeed config's overflow checks"
+            )
         state.bad_steps = 0
         return True
     state.skipped_steps += 1
@@ -62,6 +66,8 @@ def count_step(state: TrainerState, applied: bool, nonfinite: bool, max_bad_step
     state.bad_steps += 1
     log.warning("optimizer step %d skipped: non-finite loss (%d in a row)", state.step + 1, state.bad_steps)
     if state.bad_steps >= max_bad_steps:
-        raise NonFiniteLossError(f"{state.bad_steps} non-finite losses in a row (train.max_bad_steps={max_bad_steps}); "
-                                 f"last good checkpoint: {last_good() or 'none'}")
+        raise NonFiniteLossError(
+            f"{state.bad_steps} non-finite losses in a row (train.max_bad_steps={max_bad_steps}); "
+            f"last good checkpoint: {last_good() or 'none'}"
+        )
     return False

@@ -3,6 +3,7 @@
 `train.callbacks` names classes as `module:Class`; each is built without arguments. The loop calls every
 callback at three points; the defaults do nothing.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@ Where each file goes is `trainer.run_folder`'s. The `complete` marker is written
 atomically, only after every rank has written. Old checkpoints beyond `keep_last` are pruned, except
 the best by the configured metric.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainer.train.state import TrainerState, rng_state, set_rng_state
 from trainer.run_folder import RUN_CONFIG, Checkpoint, RunFolder, newest_checkpoint, tag_for, write_atomic
+from trainer.train.state import TrainerState, rng_state, set_rng_state
 
 log = logging.getLogger("shardtune")
 
@@ -70,7 +71,7 @@ class CheckpointManager:
     def prune(self) -> None:
         tags = sorted(p.name for p in self.root.glob("step*") if p.is_dir())
         complete = [t for t in tags if self.run.checkpoint(t).is_complete]
-        keep = set(complete[-self.keep_last:]) if self.keep_last > 0 else set(complete[-1:])
+        keep = set(complete[-self.keep_last :]) if self.keep_last > 0 else set(complete[-1:])
         best = self.best()
         if best:
             keep.add(best["tag"])
@@ -95,8 +96,9 @@ class CheckpointManager:
         return checkpoint.path
 
     def load(self, engine, directory: Path) -> TrainerState:
-        engine.load_checkpoint(str(directory.parent), tag=directory.name, load_optimizer_states=True,
-                               load_lr_scheduler_states=True)
+        engine.load_checkpoint(
+            str(directory.parent), tag=directory.name, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         checkpoint = Checkpoint(directory)
         state = TrainerState(**json.loads(checkpoint.trainer_state.read_text()))
         own = checkpoint.rank_state(self.rank)

@@ -4,6 +4,7 @@ Works under `deepspeed launch/train.py`, `torchrun --nproc_per_node N launch/tra
 `python launch/train.py` (a single process); `--local_rank` from older launchers is accepted. Options and
 overrides may come in any order. Every path is checked (`trainer.train.preflight`) before the model loads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,9 @@ from trainer.train.callbacks import load_callbacks
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
-        prog="launch/train.py", description=__doc__, epilog=help_text(),
+        prog="launch/train.py",
+        description=__doc__,
+        epilog=help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     root.add_argument("--config", type=Path, help="YAML recipe (see configs/)")

@@ -4,6 +4,7 @@ PyTorch serialises such builds with a `lock` file in the op's build folder. A bu
 job cancelled during its first minute) leaves the file behind, and every later run then waits on it
 forever, silently. A lock far older than any build is refused here, naming the file to delete.
 """
+
 from __future__ import annotations
 
 import time
@@ -28,5 +29,7 @@ def check_build_lock(op_name: str, now: float | None = None) -> None:
         return
     age = (time.time() if now is None else now) - lock.stat().st_mtime
     if age > STALE_AFTER_S:
-        raise StaleBuildLockError(f"{lock}: left {age / 60:.0f} min ago by a build of DeepSpeed's {op_name} op that "
-                                  "did not finish; every build waits on it forever. Delete it and start again.")
+        raise StaleBuildLockError(
+            f"{lock}: left {age / 60:.0f} min ago by a build of DeepSpeed's {op_name} op that "
+            "did not finish; every build waits on it forever. Delete it and start again."
+        )

@@ -1,4 +1,5 @@
 """What feeds the loop: the run's collator and a shard loader per split, and the optimizer steps they make."""
+
 from __future__ import annotations
 
 import math
@@ -25,18 +26,31 @@ def make_collator(processor, model, config: TrainConfig, world_size: int = 1) ->
     blank = world_size > 1 or deepspeed_json.zero_stage(config) == 3
     source = use_chat_template(processor, config.model.path, config.model.chat_template)
     try:
-        return build_collator(processor, model, config.model.max_length, source,
-                              packing=config.data.packing, supervise=config.data.supervise, blank_image=blank)
+        return build_collator(
+            processor,
+            model,
+            config.model.max_length,
+            source,
+            packing=config.data.packing,
+            supervise=config.data.supervise,
+            blank_image=blank,
+        )
     except TemplateError as error:
         raise ConfigError([f"model.chat_template: {error}"]) from None
 
 
 def make_loader(config: TrainConfig, world: WorldInfo, source: str, collate, shuffle: bool) -> ShardLoader:
     data = config.data
-    stream_config = StreamConfig(batch_size=config.train.micro_batch_size, seed=config.train.seed,
-                                 shuffle=shuffle, block_shards=data.block_shards, on_corrupt=data.on_corrupt)
-    stream = ShardStream(source, index=data.index or None, config=stream_config, rank=world.rank,
-                         world_size=world.world_size)
+    stream_config = StreamConfig(
+        batch_size=config.train.micro_batch_size,
+        seed=config.train.seed,
+        shuffle=shuffle,
+        block_shards=data.block_shards,
+        on_corrupt=data.on_corrupt,
+    )
+    stream = ShardStream(
+        source, index=data.index or None, config=stream_config, rank=world.rank, world_size=world.world_size
+    )
     return ShardLoader(stream, num_workers=data.num_workers, collate_fn=collate)
 
 

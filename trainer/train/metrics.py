@@ -1,4 +1,5 @@
 """What a metrics line reports: sums over the micro-steps since the last line, reduced once across ranks."""
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,16 @@ from trainer.train.state import TrainerState
 
 def new_window(started: float | None = None) -> dict[str, Any]:
     """Sums over the micro-steps since the last metrics line, for the next one."""
-    return {"loss": 0.0, "micro": 0, "steps": 0, "tokens": 0, "slots": 0, "samples": 0, "paused": 0.0,
-            "started": time.perf_counter() if started is None else started}
+    return {
+        "loss": 0.0,
+        "micro": 0,
+        "steps": 0,
+        "tokens": 0,
+        "slots": 0,
+        "samples": 0,
+        "paused": 0.0,
+        "started": time.perf_counter() if started is None else started,
+    }
 
 
 def new_pending() -> dict[str, Any]:
@@ -29,11 +38,15 @@ def commit(window: dict[str, Any], pending: dict[str, Any]) -> None:
         window[key] += pending[key]
 
 
-def step_metrics(window: dict[str, Any], ended: float, engine, state: TrainerState,
-                 world_size: int) -> dict[str, float]:
+def step_metrics(
+    window: dict[str, Any], ended: float, engine, state: TrainerState, world_size: int
+) -> dict[str, float]:
     """Means over the optimizer steps since the last metrics line; one all-reduce per line."""
-    totals = torch.tensor([window["loss"] / max(1, window["micro"]), window["tokens"], window["samples"],
-                           window["slots"]], dtype=torch.float64, device=engine.device)
+    totals = torch.tensor(
+        [window["loss"] / max(1, window["micro"]), window["tokens"], window["samples"], window["slots"]],
+        dtype=torch.float64,
+        device=engine.device,
+    )
     if dist.is_initialized():
         dist.all_reduce(totals)
     elapsed = ended - window["started"] - window["paused"]

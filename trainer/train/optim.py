@@ -1,5 +1,6 @@
 """The optimizer: AdamW parameter groups per model part, the variant DeepSpeed needs, and the learning-rate
 schedule (linear warmup, then cosine, linear or constant down to `min_lr_ratio`)."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
     return min_lr_ratio + (1 - min_lr_ratio) * shape
 
 
-def build_scheduler(optimizer: Optimizer, total_steps: int, warmup_steps: int, schedule: str,
-                    min_lr_ratio: float) -> LambdaLR:
+def build_scheduler(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int, schedule: str, min_lr_ratio: float
+) -> LambdaLR:
     return LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, schedule, min_lr_ratio))
 
 
@@ -41,9 +43,15 @@ def parameter_groups(model: nn.Module, parts: ModelParts, config: TrainConfig) -
             continue
         part = parts.part_of(name)
         decay = parameter.ndim >= 2 and opt.weight_decay > 0
-        group = groups.setdefault((part, decay), {
-            "params": [], "lr": rates.get(part, opt.lr), "weight_decay": opt.weight_decay if decay else 0.0,
-            "name": f"{part}{'' if decay else '_no_decay'}"})
+        group = groups.setdefault(
+            (part, decay),
+            {
+                "params": [],
+                "lr": rates.get(part, opt.lr),
+                "weight_decay": opt.weight_decay if decay else 0.0,
+                "name": f"{part}{'' if decay else '_no_decay'}",
+            },
+        )
         group["params"].append(parameter)
     return list(groups.values())
 

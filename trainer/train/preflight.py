@@ -11,6 +11,7 @@ is accepted when it is in the local Hugging Face cache, or when downloads are al
 `HF_HUB_OFFLINE` nor `TRANSFORMERS_OFFLINE` set: `from_pretrained` fetches it then); offline, an
 uncached id is refused, as loading it would fail. The hub is never contacted here.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,11 @@ from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from data_shards.stream import local_shard_problem, resolve_shards
 from data_shards.index import INDEX_NAME
-from trainer.train.checkpoints import CheckpointManager
-from trainer.config.schema import DataSection, TrainConfig
+from data_shards.stream import local_shard_problem, resolve_shards
 from trainer.config.fields import ConfigError
+from trainer.config.schema import DataSection, TrainConfig
+from trainer.train.checkpoints import CheckpointManager
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
@@ -89,8 +90,10 @@ def is_hub_id(path: str) -> bool:
 def hub_problems(repo_id: str) -> list[str]:
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str) or not offline():
         return []
-    return [f"model.path: {repo_id} is neither a local folder nor in the Hugging Face cache, and downloads are off "
-            f"({'/'.join(OFFLINE_VARIABLES)} is set)"]
+    return [
+        f"model.path: {repo_id} is neither a local folder nor in the Hugging Face cache, and downloads are off "
+        f"({'/'.join(OFFLINE_VARIABLES)} is set)"
+    ]
 
 
 def offline() -> bool:
@@ -128,14 +131,22 @@ def source_problem(key: str, source: str, index: str | None) -> str | None:
         return None if found else f"{key}: {source} has no {INDEX_NAME} (build the shards first)"
     urls = list(braceexpand(source))
     if source.startswith("pipe:"):
-        return None if index else (f"{key}: {source} is a pipe: source; set data.index "
-                                   f"(a path, or a pipe: command printing {INDEX_NAME})")
+        return (
+            None
+            if index
+            else (
+                f"{key}: {source} is a pipe: source; set data.index (a path, or a pipe: command printing {INDEX_NAME})"
+            )
+        )
     if urls == [source] and not path.exists():
         return f"{key}: {source} does not exist"
     if index is None:
         sibling = Path(urls[0]).parent / INDEX_NAME
-        return None if sibling.is_file() else (f"{key}: {source} needs data.index "
-                                               f"(no {INDEX_NAME} next to its shards: {sibling} does not exist)")
+        return (
+            None
+            if sibling.is_file()
+            else (f"{key}: {source} needs data.index (no {INDEX_NAME} next to its shards: {sibling} does not exist)")
+        )
     if not index.startswith("pipe:") and not Path(index).is_file():
         return f"data.index: {index} does not exist (the index of {key}={source})"
     return None

@@ -1,4 +1,5 @@
 """What a checkpoint carries besides DeepSpeed's own state: counters, stream position, RNG, the config hash."""
+
 from __future__ import annotations
 
 import hashlib

@@ -2,6 +2,7 @@
 
 Other ranks get a tracker that does nothing, so calling code never branches on the rank.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,17 @@ log = logging.getLogger("shardtune")
 
 
 class Tracker:
-    def __init__(self, run: RunFolder, section: TrackingSection, config: dict[str, Any], total_steps: int,
-                 fresh: bool = True):
+    def __init__(
+        self, run: RunFolder, section: TrackingSection, config: dict[str, Any], total_steps: int, fresh: bool = True
+    ):
         self.run = run
         self.total_steps = total_steps
         self.started = time.monotonic()
         self.first_step: int | None = None
         # a fresh run starts the file over; a resumed one continues it
-        self.metrics_file = open(run.metrics, "w" if fresh else "a", encoding="utf-8")
+        self.metrics_file = open(  # noqa: SIM115 -- open for the run, closed by close()
+            run.metrics, "w" if fresh else "a", encoding="utf-8"
+        )
         self.wandb_run = start_wandb(run, section, config) if section.wandb != "disabled" else None
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -44,8 +48,10 @@ class Tracker:
         rate = done / max(1e-9, time.monotonic() - self.started)
         eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "--:--:--"
-        return (f"step {step}/{self.total_steps} loss {record['train/loss']:.4f} "
-                f"lr {record.get('train/lr', 0):.2e} {record.get('perf/samples_per_s', 0):.1f} samples/s ETA {eta_text}")
+        return (
+            f"step {step}/{self.total_steps} loss {record['train/loss']:.4f} "
+            f"lr {record.get('train/lr', 0):.2e} {record.get('perf/samples_per_s', 0):.1f} samples/s ETA {eta_text}"
+        )
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.wandb_run is not None:
@@ -69,8 +75,14 @@ class NullTracker:
         pass
 
 
-def make_tracker(is_main: bool, run: RunFolder, section: TrackingSection, config: dict[str, Any], total_steps: int,
-                 fresh: bool = True):
+def make_tracker(
+    is_main: bool,
+    run: RunFolder,
+    section: TrackingSection,
+    config: dict[str, Any],
+    total_steps: int,
+    fresh: bool = True,
+):
     return Tracker(run, section, config, total_steps, fresh) if is_main else NullTracker()
 
 

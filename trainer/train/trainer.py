@@ -5,15 +5,17 @@ learns after each optimizer step whether it was skipped for a non-finite loss or
 arrived (`trainer.train.agreement`), and writes checkpoints together, so no rank is ever left waiting
 in a collective. The process group and signal handlers are the caller's (`trainer.train.cli`).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import random
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +55,14 @@ def configure_logging(is_main: bool) -> None:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, world: WorldInfo, device: torch.device, stop: StopRequest,
-                 callbacks: list[Callback] = ()):
+    def __init__(
+        self,
+        config: TrainConfig,
+        world: WorldInfo,
+        device: torch.device,
+        stop: StopRequest,
+        callbacks: list[Callback] = (),
+    ):
         self.config = config
         self.config_dict = to_dict(config, redact=True)
         self.world = world
@@ -68,13 +76,21 @@ class Trainer:
         self.processor = load_processor(config.model.path)
         self.collator = make_collator(self.processor, self.model, config, world.world_size)
         self.train_loader = make_loader(config, world, config.data.train, self.collator, shuffle=True)
-        self.val_loader = (make_loader(config, world, config.data.val, EvalCollator(self.collator), shuffle=False)
-                           if config.data.val else None)
+        self.val_loader = (
+            make_loader(config, world, config.data.val, EvalCollator(self.collator), shuffle=False)
+            if config.data.val
+            else None
+        )
         self.total_steps = planned_steps(config, self.train_loader.stream)
         self.engine = self.make_engine()
         self.state = TrainerState(config_hash=config_hash(to_dict(config)))
-        self.checkpoints = CheckpointManager(self.run_folder.root, world.rank, config.checkpoint.keep_last,
-                                             config.checkpoint.best_metric, config.checkpoint.best_mode)
+        self.checkpoints = CheckpointManager(
+            self.run_folder.root,
+            world.rank,
+            config.checkpoint.keep_last,
+            config.checkpoint.best_metric,
+            config.checkpoint.best_mode,
+        )
         self.tracker = None
         self.window = new_window()
         self.pending = new_pending()
@@ -90,8 +106,9 @@ class Trainer:
         optimizer = make_optimizer(parameter_groups(self.model, self.parts, config), config, resolved)
         opt = config.optimizer
         scheduler = build_scheduler(optimizer, self.total_steps, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
-        engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
-                                               config=resolved)
+        engine, _, _, _ = deepspeed.initialize(
+            model=self.model, optimizer=optimizer, lr_scheduler=scheduler, config=resolved
+        )
         self.zero_stage = resolved["zero_optimization"]["stage"]
         return engine
 
@@ -102,20 +119,35 @@ class Trainer:
         saved_hash = self.state.config_hash
         self.state = self.checkpoints.load(self.engine, directory)
         if self.state.config_hash != saved_hash:
-            log.warning("resuming %s with a changed configuration (hash %s, now %s)", directory,
-                        self.state.config_hash, saved_hash)
+            log.warning(
+                "resuming %s with a changed configuration (hash %s, now %s)",
+                directory,
+                self.state.config_hash,
+                saved_hash,
+            )
             self.state.config_hash = saved_hash
         self.train_loader.load_state_dict(self.state.stream)
-        log.info("resumed from %s at step %d (epoch %d, position %d)", directory, self.state.step,
-                 self.state.epoch, self.state.stream.get("position", 0))
+        log.info(
+            "resumed from %s at step %d (epoch %d, position %d)",
+            directory,
+            self.state.step,
+            self.state.epoch,
+            self.state.stream.get("position", 0),
+        )
 
     def fit(self) -> dict[str, Any]:
         self.run_folder.root.mkdir(parents=True, exist_ok=True)
         self.resume()
         if self.world.is_main:
             self.run_folder.run_config.write_text(json.dumps(self.config_dict, indent=1))
-        self.tracker = make_tracker(self.world.is_main, self.run_folder, self.config.tracking, self.config_dict,
-                                    self.total_steps, fresh=self.state.step == 0)
+        self.tracker = make_tracker(
+            self.world.is_main,
+            self.run_folder,
+            self.config.tracking,
+            self.config_dict,
+            self.total_steps,
+            fresh=self.state.step == 0,
+        )
         try:
             return self.run()
         finally:
@@ -141,8 +173,10 @@ class Trainer:
         self.state.dropped_samples += len(batch.dropped)
         usable = batch if len(batch) else last_batch
         if usable is None:
-            raise RuntimeError(f"rank {self.world.rank}: first batch is empty (dropped as longer than "
-                               f"model.max_length={self.config.model.max_length}: {batch.dropped})")
+            raise RuntimeError(
+                f"rank {self.world.rank}: first batch is empty (dropped as longer than "
+                f"model.max_length={self.config.model.max_length}: {batch.dropped})"
+            )
         inputs = move(usable.inputs, self.engine.device, dtype_of(self.engine.module))
         loss = self.engine(**inputs, use_cache=False).loss
         if not len(batch):
@@ -172,8 +206,13 @@ class Trainer:
     def end_optimizer_step(self, agreement: StepAgreement) -> None:
         nonfinite, self.stop_signal = agreement.result()
         pending, self.pending = self.pending, new_pending()
-        if count_step(self.state, self.engine.was_step_applied(), nonfinite, self.config.train.max_bad_steps,
-                      self.checkpoints.latest_tag):
+        if count_step(
+            self.state,
+            self.engine.was_step_applied(),
+            nonfinite,
+            self.config.train.max_bad_steps,
+            self.checkpoints.latest_tag,
+        ):
             commit(self.window, pending)
             self.after_optimizer_step()
         else:
@@ -221,8 +260,15 @@ class Trainer:
         self.val_loader.set_epoch(0)
         self.val_loader.stream.position = 0
         synced = self.zero_stage == 3 and self.world.world_size > 1
-        metrics = evaluate(self.engine, self.val_loader, self.processor.tokenizer, self.config.eval.max_batches,
-                           self.config.eval.max_new_tokens, synced, keep_train_mode=self.config.quant.load_in_4bit)
+        metrics = evaluate(
+            self.engine,
+            self.val_loader,
+            self.processor.tokenizer,
+            self.config.eval.max_batches,
+            self.config.eval.max_new_tokens,
+            synced,
+            keep_train_mode=self.config.quant.load_in_4bit,
+        )
         self.tracker.log(metrics, self.state.step)
         self.state.metrics = metrics
         return metrics

@@ -1,5 +1,6 @@
 """What real checkpoints publish — chat template, special tokens, tokenizer kind, processor and model settings —
 kept as data in `published/*.json`, each naming its sources (see published/README.md)."""
+
 from __future__ import annotations
 
 import json

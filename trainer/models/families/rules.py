@@ -1,4 +1,5 @@
 """Per-family rules the trainer asks by model type; everything else is found from the model's structure."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,16 +10,16 @@ import torch
 # images enter through inputs that position ids cannot restart). Families not named here pack.
 PACKING_REFUSED: dict[str, str] = {
     "llava_onevision": "an image is tiled (anyres) when it is alone in its row and not when it shares it "
-                       "(batch_num_images), so its token count depends on the row it is packed into",
+    "(batch_num_images), so its token count depends on the row it is packed into",
     "mllama": "its images enter through cross-attention, one image list per row (pixel_values: rows, images, tiles, "
-              "...) and a cross_attention_mask (rows, tokens, images, tiles) saying which image each token sees; "
-              "restarted position ids do not keep a sample's tokens from its row-mates' images",
+    "...) and a cross_attention_mask (rows, tokens, images, tiles) saying which image each token sees; "
+    "restarted position ids do not keep a sample's tokens from its row-mates' images",
     "internvl": "its pixel values are one entry per crop (crop_to_patches: 1 to max_patches + 1 crops per image, by "
-                "the image's size) and its inputs do not say which crops belong to which image, so they cannot be "
-                "reordered with the samples packed out of batch order",
+    "the image's size) and its inputs do not say which crops belong to which image, so they cannot be "
+    "reordered with the samples packed out of batch order",
     "gemma3": "its image tokens attend to each other both ways (token_type_ids), and on its sliding-window layers "
-              "transformers looks that pattern up at each sample's restarted positions instead of the row's, so "
-              "every sample but a row's first gets another sample's image blocks (its loss packed is not padded's)",
+    "transformers looks that pattern up at each sample's restarted positions instead of the row's, so "
+    "every sample but a row's first gets another sample's image blocks (its loss packed is not padded's)",
 }
 
 # Families whose processor cuts an image into as many tiles as its size asks (InternVL's crop_to_patches): their

@@ -1,4 +1,5 @@
 """What every family's tiny model shares: a 2-layer, 64-wide text model of the published text model type."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,16 +11,26 @@ from trainer.models.families.published import Published
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, HEAD_DIM, KV_HEADS = 64, 128, 2, 4, 16, 2
 
 
-def text_config(published: Published, tokenizer: PreTrainedTokenizerFast, overrides: dict[str, Any],
-                model_type: str | None = None) -> dict[str, Any]:
+def text_config(
+    published: Published, tokenizer: PreTrainedTokenizerFast, overrides: dict[str, Any], model_type: str | None = None
+) -> dict[str, Any]:
     """The language model's config: the published text model type, tiny sizes, our tokenizer's ids. Every Linear
     has in_features % 64 == 0 and out_features % 32 == 0, so bitsandbytes can quantise it to 4 bits."""
     text = published.model_config.get("text_config") or {}
     kind = model_type or (text.get("model_type") if isinstance(text, dict) else None)
-    config = dict(vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
-                  max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = dict(
+        vocab_size=-(-len(tokenizer) // 64) * 64,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        head_dim=HEAD_DIM,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     if kind:
         config["model_type"] = kind
     return config | overrides

@@ -5,14 +5,21 @@ Gemma 3 pools the tower's patches to mm_tokens_per_image soft tokens between <st
 and global layers. PaliGemma projects every patch to one <image> token in front of the prompt and attends
 both ways over image and prompt (the prefix, token_type_ids 0), causally over the answer (the suffix, 1).
 """
+
 from __future__ import annotations
 
-from transformers import (Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor, PaliGemmaConfig,
-                          SiglipImageProcessorPil, SiglipVisionConfig)
+from transformers import (
+    Gemma3Config,
+    Gemma3ImageProcessorPil,
+    Gemma3Processor,
+    PaliGemmaConfig,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+)
 
-from trainer.testing.kit.common import HEADS, HIDDEN, INTERMEDIATE, LAYERS, text_config, token_id
 from trainer.models.families.published import Published
 from trainer.models.processor import ChatPaliGemmaProcessor
+from trainer.testing.kit.common import HEADS, HIDDEN, INTERMEDIATE, LAYERS, text_config, token_id
 
 GLOBAL_EVERY = 6  # Gemma 3: five sliding-window layers, then one global (Gemma3TextConfig's sliding_window_pattern)
 
@@ -44,50 +51,86 @@ def image_tokens(published: Published, image_size: int | None) -> int:
 
 def vision_config(published: Published, image_size: int | None) -> SiglipVisionConfig:
     vision = published.model_config["vision_config"]
-    return SiglipVisionConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
-                              num_attention_heads=HEADS, image_size=input_size(published, image_size),
-                              patch_size=vision["patch_size"], vision_use_head=vision.get("vision_use_head", False))
+    return SiglipVisionConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        image_size=input_size(published, image_size),
+        patch_size=vision["patch_size"],
+        vision_use_head=vision.get("vision_use_head", False),
+    )
 
 
 def layer_types(count: int) -> list[str]:
     """Gemma 3's pattern of sliding-window and global layers, the last layer global, so that a model shorter than
     one pattern has both kinds."""
-    return ["full_attention" if (i + 1) % GLOBAL_EVERY == 0 or i == count - 1 else "sliding_attention"
-            for i in range(count)]
+    return [
+        "full_attention" if (i + 1) % GLOBAL_EVERY == 0 or i == count - 1 else "sliding_attention" for i in range(count)
+    ]
 
 
 def gemma3_text(published: Published, tokenizer, text: dict) -> dict:
     """The published rotary settings (linear scaling on the global layers, a local base on the sliding ones) and
     sliding window; query_pre_attn_scalar is the published head_dim (256), so it follows the tiny head_dim."""
     mc = published.model_config["text_config"]
-    rope = {"full_attention": {**mc["rope_scaling"], "rope_theta": mc["rope_theta"]},
-            "sliding_attention": {"rope_type": "default", "rope_theta": mc["rope_local_base_freq"]}}
-    config = text_config(published, tokenizer, {"rope_parameters": rope, "sliding_window": mc["sliding_window"],
-                                                **text})
-    return {"layer_types": layer_types(config["num_hidden_layers"]), "query_pre_attn_scalar": config["head_dim"],
-            **config}
+    rope = {
+        "full_attention": {**mc["rope_scaling"], "rope_theta": mc["rope_theta"]},
+        "sliding_attention": {"rope_type": "default", "rope_theta": mc["rope_local_base_freq"]},
+    }
+    config = text_config(
+        published, tokenizer, {"rope_parameters": rope, "sliding_window": mc["sliding_window"], **text}
+    )
+    return {
+        "layer_types": layer_types(config["num_hidden_layers"]),
+        "query_pre_attn_scalar": config["head_dim"],
+        **config,
+    }
 
 
 def build_config(published: Published, tokenizer, text: dict, image_size: int | None):
     vision = vision_config(published, image_size)
     if published.model_type == "paligemma":
         language = text_config(published, tokenizer, text)
-        return PaliGemmaConfig(text_config=language, vision_config=vision, vocab_size=language["vocab_size"],
-                               projection_dim=language["hidden_size"], hidden_size=language["hidden_size"],
-                               image_token_index=token_id(tokenizer, published.special("image_token")))
-    ids = {key: token_id(tokenizer, published.special(name)) for key, name in (
-        ("image_token_index", "image_token"), ("boi_token_index", "boi_token"), ("eoi_token_index", "eoi_token"))}
-    return Gemma3Config(text_config=gemma3_text(published, tokenizer, text), vision_config=vision,
-                        mm_tokens_per_image=image_tokens(published, image_size), **ids)
+        return PaliGemmaConfig(
+            text_config=language,
+            vision_config=vision,
+            vocab_size=language["vocab_size"],
+            projection_dim=language["hidden_size"],
+            hidden_size=language["hidden_size"],
+            image_token_index=token_id(tokenizer, published.special("image_token")),
+        )
+    ids = {
+        key: token_id(tokenizer, published.special(name))
+        for key, name in (
+            ("image_token_index", "image_token"),
+            ("boi_token_index", "boi_token"),
+            ("eoi_token_index", "eoi_token"),
+        )
+    }
+    return Gemma3Config(
+        text_config=gemma3_text(published, tokenizer, text),
+        vision_config=vision,
+        mm_tokens_per_image=image_tokens(published, image_size),
+        **ids,
+    )
 
 
 def build_processor(published: Published, tokenizer, image_size: int | None):
     settings, side = published.image_processor, input_size(published, image_size)
     tokens = image_tokens(published, image_size)
-    images = dict(size={"height": side, "width": side}, image_mean=settings["image_mean"],
-                  image_std=settings["image_std"], image_seq_length=tokens)
+    images = dict(
+        size={"height": side, "width": side},
+        image_mean=settings["image_mean"],
+        image_std=settings["image_std"],
+        image_seq_length=tokens,
+    )
     if published.model_type == "paligemma":
         return ChatPaliGemmaProcessor(SiglipImageProcessorPil(**images), tokenizer)
     # pan-and-scan stays off, as published (null in the preprocessor config: Gemma3Processor's default False)
-    return Gemma3Processor(Gemma3ImageProcessorPil(**images, resample=settings["resample"]), tokenizer,
-                           chat_template=published.chat_template, image_seq_length=tokens)
+    return Gemma3Processor(
+        Gemma3ImageProcessorPil(**images, resample=settings["resample"]),
+        tokenizer,
+        chat_template=published.chat_template,
+        image_seq_length=tokens,
+    )

@@ -1,12 +1,13 @@
 """Idefics3 (SmolVLM): a SigLIP tower over square tiles, a pixel-shuffle connector (scale_factor² patches to one
 token), images split into rows × columns of tiles plus a global view, each tile `<row_r_col_c>` + image_seq_len
 `<image>` tokens between `<fake_token_around_image>` markers."""
+
 from __future__ import annotations
 
 from transformers import Idefics3Config, Idefics3ImageProcessorPil, Idefics3Processor, Idefics3VisionConfig
 
-from trainer.testing.kit.common import HEADS, HIDDEN, INTERMEDIATE, LAYERS, scaled, text_config, token_id
 from trainer.models.families.published import Published
+from trainer.testing.kit.common import HEADS, HIDDEN, INTERMEDIATE, LAYERS, scaled, text_config, token_id
 
 GRID = 6  # the processor's <row_r_col_c> tokens: r, c in 1..6
 FRAMING = ("<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
@@ -35,13 +36,21 @@ def image_seq_len(published: Published, side: int) -> int:
 
 def build_config(published: Published, tokenizer, text: dict, image_size: int | None):
     mc = published.model_config
-    vision = Idefics3VisionConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
-                                  num_attention_heads=HEADS, image_size=tile_side(published, image_size),
-                                  patch_size=mc["vision_config.patch_size"])
-    return Idefics3Config(text_config=text_config(published, tokenizer, text, model_type=mc["text_config.model_type"]),
-                          vision_config=vision, scale_factor=mc["scale_factor"],
-                          image_token_id=token_id(tokenizer, published.special("image_token")),
-                          pad_token_id=tokenizer.pad_token_id)
+    vision = Idefics3VisionConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        image_size=tile_side(published, image_size),
+        patch_size=mc["vision_config.patch_size"],
+    )
+    return Idefics3Config(
+        text_config=text_config(published, tokenizer, text, model_type=mc["text_config.model_type"]),
+        vision_config=vision,
+        scale_factor=mc["scale_factor"],
+        image_token_id=token_id(tokenizer, published.special("image_token")),
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def build_processor(published: Published, tokenizer, image_size: int | None):
@@ -50,8 +59,14 @@ def build_processor(published: Published, tokenizer, image_size: int | None):
     settings = published.image_processor
     tile, published_tile = tile_side(published, image_size), published.model_config["vision_config.image_size"]
     images = Idefics3ImageProcessorPil(
-        do_image_splitting=settings["do_image_splitting"], do_pad=settings["do_pad"], resample=settings["resample"],
+        do_image_splitting=settings["do_image_splitting"],
+        do_pad=settings["do_pad"],
+        resample=settings["resample"],
         size={"longest_edge": scaled(settings["size"]["longest_edge"], tile, published_tile)},
-        max_image_size={"longest_edge": tile}, image_mean=settings["image_mean"], image_std=settings["image_std"])
-    return Idefics3Processor(images, tokenizer, image_seq_len=image_seq_len(published, tile),
-                             chat_template=published.chat_template)
+        max_image_size={"longest_edge": tile},
+        image_mean=settings["image_mean"],
+        image_std=settings["image_std"],
+    )
+    return Idefics3Processor(
+        images, tokenizer, image_seq_len=image_seq_len(published, tile), chat_template=published.chat_template
+    )
