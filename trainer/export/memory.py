@@ -3,8 +3,13 @@ and the peak (VmHWM) reset and read."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
+import resource
 from pathlib import Path
+
+import psutil
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -27,8 +32,6 @@ def return_freed_memory_promptly() -> None:
     glibc raises that threshold after the first such free (to 32 MiB), and the merge's per-layer fp32
     temporaries then land in the heap between longer-lived tensors, where freeing them returns nothing
     to the system: a bf16 export of a 1.2 GB model kept 0.8 GB of freed fp32 weights resident."""
-    import ctypes
-    import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -38,7 +41,6 @@ def return_freed_memory_promptly() -> None:
 
 
 def current_rss() -> int:
-    import psutil
 
     return psutil.Process().memory_info().rss
 
@@ -58,6 +60,5 @@ def peak_rss() -> int:
         for line in status.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux

@@ -6,8 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
 from torch import nn
 
+from data_shards.index import INDEX_NAME, load_index
 from trainer.config.schema import TrainConfig
 from trainer.export.source import ExportError, Source
 from trainer.models.dtypes import DTYPES
@@ -43,7 +45,6 @@ def save(model: nn.Module, out: Path, dtype: str, max_shard_size: str, base: str
 
 def data_fingerprint(config: TrainConfig) -> str | None:
     """`source.fingerprint` of the training split's index.json, where it can be found."""
-    from data_shards.index import INDEX_NAME, load_index
 
     if not (config.data.index or config.data.train):
         return None
@@ -55,7 +56,6 @@ def data_fingerprint(config: TrainConfig) -> str | None:
 
 
 def model_card(source: Source, config: TrainConfig, summary: dict) -> str:
-    import yaml
 
     state = Checkpoint(source.checkpoint).trainer_state
     step = json.loads(state.read_text()).get("step") if state.exists() else None

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from data_shards.sample import IMAGE_TOKEN, ImageData, Sample, Turn
+from data_shards.stream import ShardStream, StreamConfig
+from trainer.chat.template import template_source
 from trainer.config.schema import TrainConfig
+from trainer.evaluate.generation import dtype_of, move
 from trainer.export.merge import reference_model
 from trainer.export.source import ExportError, Source, say
 from trainer.models.dtypes import DTYPES
@@ -16,15 +23,11 @@ from trainer.models.dtypes import DTYPES
 # Default tolerance on max |Δlogit| (see `default_tolerance`): absolute for fp32, plus a share of
 # max(1, max |logit|) for each half-precision dtype involved.
 FLOAT32_TOLERANCE = 1e-3
-
-
 RELATIVE_TOLERANCE = {torch.bfloat16: 4e-2, torch.float16: 5e-3}
 
 
 def verification_samples(config: TrainConfig, count: int) -> tuple[list, str]:
     """The first `count` samples of data.val, or synthetic ones where there is no readable val split."""
-    from data_shards.sample import Sample
-    from data_shards.stream import ShardStream, StreamConfig
 
     if config.data.val:
         try:
@@ -39,12 +42,6 @@ def verification_samples(config: TrainConfig, count: int) -> tuple[list, str]:
 
 def synthetic_samples(count: int) -> list:
     """Random-pixel images with a question and an answer (seeded, so every run compares the same inputs)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from data_shards.sample import IMAGE_TOKEN, ImageData, Sample, Turn
 
     generator = np.random.default_rng(0)
     samples = []
@@ -61,7 +58,6 @@ def verification_batches(samples: list, out: Path, max_length: int) -> list[dict
     from transformers import AutoConfig
 
     from trainer.batches.collate import Collator, token_check_for
-    from trainer.chat.template import template_source
     from trainer.models.processor import load_processor
 
     config = AutoConfig.from_pretrained(out)
@@ -83,7 +79,6 @@ def verification_batches(samples: list, out: Path, max_length: int) -> list[dict
 def masked_logits(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
     """fp32 logits at the real (attention-mask) positions of each batch, computed as the trainer computes them
     (Mllama's image-free tokens as in Meta's reference, `trainer.models.mllama_fix`)."""
-    from trainer.evaluate.generation import dtype_of, move
     from trainer.models.mllama_fix import mask_image_free_rows
 
     mask_image_free_rows(model)
