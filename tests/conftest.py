@@ -154,10 +154,19 @@ def train_in_process(argv: list[str], env: dict[str, str]) -> subprocess.Complet
     return subprocess.CompletedProcess(["launch/train.py", *argv], code, stdout.getvalue(), stderr.getvalue())
 
 
-def run_process_group(command: list[str], env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
-    """Like subprocess.run, but a timeout kills the whole group: ranks, loader workers and compilers alike."""
+def run_process_group(
+    command: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Like subprocess.run (in `cwd`, the repository by default), but a timeout kills the whole group: ranks, loader
+    workers and compilers alike."""
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        cwd=ROOT if cwd is None else cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         stdout, stderr = process.communicate(timeout=timeout)

@@ -2,12 +2,13 @@
 
 import hashlib
 import json
-import subprocess
+import os
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import run_process_group
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,9 +44,8 @@ def llava_dataset(tmp_path):
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "data_shards", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
+    """`python -m data_shards ...` (a build starts worker processes): a timeout kills them all."""
+    return run_process_group([sys.executable, "-m", "data_shards", *map(str, args)], dict(os.environ), 120, cwd=cwd)
 
 
 def tar_sample_count(path: Path) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, launch_training, training_env
+from conftest import ROOT, launch_training, run_process_group, training_env
 
 from data_shards.sample import Sample, Turn
 from data_shards.stream import ShardStream, StreamConfig
@@ -248,7 +248,7 @@ def test_two_ranks_give_the_same_report_as_one(trained_run, odd_split, tmp_path)
         "--max-new-tokens",
         "3",
     ]
-    result = subprocess.run(command, cwd=ROOT, env=training_env(), capture_output=True, text=True, timeout=300)
+    result = run_process_group(command, training_env(), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     double = json.loads((tmp_path / "two" / "report.json").read_text())
     assert double["world_size"] == 2 and single["num_samples"] == double["num_samples"] == 33

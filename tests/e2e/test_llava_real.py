@@ -2,17 +2,17 @@
 conversations, exact duplicates, text-only samples and records without an id."""
 
 import json
-import subprocess
+import os
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_process_group
 from PIL import Image
 
 from data_shards.build import BuildConfig, build
 from data_shards.stream import ShardStream, StreamConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 RED, BLUE = (200, 30, 30), (30, 30, 200)
 
 
@@ -55,12 +55,8 @@ def rejects(out: Path) -> list[dict]:
 
 
 def run_cli(*args) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "data_shards", *map(str, args), "--no-progress"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_process_group(
+        [sys.executable, "-m", "data_shards", *map(str, args), "--no-progress"], dict(os.environ), timeout=120
     )
     assert result.returncode == 0, result.stderr
     return json.loads((Path(args[args.index("--out") + 1]) / "report.json").read_text())

@@ -3,11 +3,11 @@ per-node launcher for a 2-host hostfile. No code change between them and a singl
 
 import base64
 import json
-import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ROOT, training_env
+from conftest import ROOT, run_process_group, training_env
 
 from trainer.distributed.world import free_port
 
@@ -31,20 +31,13 @@ def train_args(tiny_llava, shards, run_dir):
 
 
 def run_two_nodes(node_command, tiny_llava, color_shards, run_dir) -> None:
-    """Start both "nodes" at once, wait for them, and check they trained together as one world of 2."""
-    nodes = [
-        subprocess.Popen(
-            [*node_command(rank), *train_args(tiny_llava, color_shards, run_dir)],
-            cwd=ROOT,
-            env=training_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    outputs = [node.communicate(timeout=300) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    """Start both "nodes" at once, wait for them, and check they trained together as one world of 2. Each node is
+    its own process group: a timeout kills its launcher and ranks alike."""
+    commands = [[*node_command(rank), *train_args(tiny_llava, color_shards, run_dir)] for rank in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        nodes = [pool.submit(run_process_group, command, training_env(), 300) for command in commands]
+        results = [node.result() for node in nodes]
+    assert [result.returncode for result in results] == [0, 0], results[0].stderr[-3000:] + results[1].stderr[-3000:]
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 6
 

@@ -253,6 +253,22 @@ def test_invalid_remainder_is_refused():
 
 # ----------------------------------------------------------------------------- 2. order
 
+# The even split's global order (world size 1, epoch 0 unless named) for a few seeds, written out once and checked by
+# hand against data_shards.order: the shards (s000-006, s007-009, s010-020, s021, s022-027) are shuffled, cut into
+# blocks of `block_shards` ("|" below), and each block's samples are shuffled; every block holds exactly the samples
+# of its shards, and every sample comes once.
+SEED11 = "24 25 8 27 22 23 9 26 7 | 13 11 15 18 10 21 16 20 17 14 19 12 | 4 3 1 5 2 0 6"  # shards 1 4 | 2 3 | 0
+SEED4 = "18 10 11 27 26 12 19 17 20 24 16 14 13 23 15 22 25 | 1 9 2 4 0 3 5 6 8 7 | 21"  # shards 2 4 | 0 1 | 3
+SEED7 = "13 3 16 18 11 20 10 17 14 5 4 6 2 12 1 15 19 0 | 26 24 25 23 8 9 22 7 27 | 21"  # shards 2 0 | 4 1 | 3
+SEED7_EPOCH1 = "5 2 0 21 1 3 6 4 | 18 12 8 11 14 16 19 10 7 9 17 13 20 15 | 23 24 25 27 22 26"  # shards 3 0 | 2 1 | 4
+SEED8 = "2 6 21 4 5 0 1 3 | 8 12 13 11 16 20 17 18 19 7 10 15 9 14 | 26 22 25 27 24 23"  # shards 3 0 | 1 2 | 4
+SEED6 = "12 27 20 11 14 24 25 18 16 19 22 13 10 15 23 26 17 | 4 5 6 2 21 0 1 3 | 8 7 9"  # shards 2 4 | 0 3 | 1
+SEED3_ONE_BLOCK = "4 6 25 14 19 21 5 8 17 22 16 15 12 13 7 10 23 24 2 20 18 26 11 1 27 0 9 3"  # block_shards 8
+
+
+def reference(order: str) -> list[str]:
+    return [f"s{int(n):03d}" for n in order.replace("|", " ").split()]
+
 
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
 @pytest.mark.parametrize("workers", workers_param(0, 1, 2, 3))
@@ -268,6 +284,17 @@ def test_loader_order_equals_plan_whatever_the_worker_count(even, workers, batch
 def test_stream_iterated_directly_follows_the_plan(even):
     stream = open_stream(even.path, rank=2, world=4, seed=4, block_shards=2, decode=False)
     assert [sample.key for sample in stream] == even.plan_keys(stream)
+
+
+def test_plan_and_read_order_are_the_fixed_reference(even):
+    """Backs the two tests above, whose expected order is the plan itself: rank r of W reads positions r, r + W, ..."""
+    whole = open_loader(even.path, batch_size=4, seed=11, block_shards=2, decode=False)
+    assert even.plan_keys(whole.stream) == flat(read_batches(whole)) == reference(SEED11)
+    rank1 = open_loader(even.path, rank=1, world=2, batch_size=5, seed=11, block_shards=2, decode=False)
+    expected = reference("25 27 23 26 13 15 10 16 17 19 4 1 2 6")  # SEED11[1::2]: 14 samples, half the split
+    assert even.plan_keys(rank1.stream) == expected and read_batches(rank1) == batched(expected, 5)
+    stream = open_stream(even.path, rank=2, world=4, seed=4, block_shards=2, decode=False)
+    assert [sample.key for sample in stream] == reference("11 19 16 15 9 3 7") == reference(SEED4)[2::4]
 
 
 # ----------------------------------------------------------------------------- 3. determinism
@@ -291,6 +318,17 @@ def test_other_epoch_or_seed_gives_another_order_of_the_same_samples(even):
     again = open_loader(even.path, seed=7, block_shards=2)
     again.set_epoch(1)
     assert flat(read_batches(again)) == epoch1
+
+
+def test_epoch_and_seed_orders_are_the_fixed_reference(even):
+    """Backs the two tests above with literals: seed 7 epochs 0 and 1, seed 8, and rank 0 of 2 under seed 7."""
+    loader = open_loader(even.path, seed=7, block_shards=2, decode=False)
+    assert flat(read_batches(loader)) == reference(SEED7)
+    loader.set_epoch(1)
+    assert flat(read_batches(loader)) == reference(SEED7_EPOCH1)
+    assert flat(read_batches(open_loader(even.path, seed=8, block_shards=2, decode=False))) == reference(SEED8)
+    rank0 = read_batches(open_loader(even.path, 0, 2, batch_size=2, seed=7, block_shards=2, decode=False))
+    assert rank0 == batched(reference("13 16 11 10 14 4 2 1 19 26 25 8 22 27"), 2)  # SEED7[0::2]
 
 
 def test_without_shuffle_the_order_is_natural(even):
@@ -366,6 +404,23 @@ def test_elastic_resume_reads_exactly_the_rest_of_the_epoch(even, new_world):
     global_order = even.plan_keys(open_stream(even.path, **config))
     interleaved = [after[i % new_world][i // new_world] for i in range(len(read_after))]
     assert interleaved == global_order[position:]
+
+
+def test_elastic_resume_order_is_the_fixed_reference(even):
+    """Backs the test above with a literal (no workers): seed 6, 4 batches of 2 on each of 2 ranks read positions
+    0-15, then 3 ranks read positions 16-27, rank r taking 16 + r, 19 + r, ..."""
+    config = dict(batch_size=2, seed=6, block_shards=2, decode=False)
+    order = reference(SEED6)
+    states = []
+    for rank, expected in enumerate(["12 20 14 25 16 22 10 23", "27 11 24 18 19 13 15 26"]):  # SEED6[rank:16:2]
+        loader = open_loader(even.path, rank, 2, **config)
+        assert flat(take(loader, 4)) == reference(expected) == order[rank:16:2]
+        states.append(loader.state_dict())
+    assert states[0] == states[1] and states[0]["position"] == 16
+    for rank, expected in enumerate(["17 6 0 8", "4 2 1 7", "5 21 3 9"]):  # SEED6[16 + rank::3]
+        loader = open_loader(even.path, rank, 3, **config)
+        loader.load_state_dict(states[0])
+        assert flat(read_batches(loader)) == reference(expected) == order[16 + rank :: 3]
 
 
 # ----------------------------------------------------------------------------- 5. refusing a foreign state
@@ -518,6 +573,23 @@ def test_damaged_tar_header_in_a_pipe_is_caught_by_the_checksum(damaged):
     assert all(isinstance(item, Sample) for key, item in by_key.items() if number(key) not in range(10, 21))
     with pytest.raises(CorruptShardError, match="checksum"):
         list(open_stream(urls, index=damaged.path / INDEX_NAME, seed=3, on_corrupt="fail", decode=False))
+
+
+def test_skipped_samples_keep_their_place_in_the_fixed_reference_order(damaged):
+    """Backs the corrupt-image and damaged-header tests above (seed 3, all 5 shards in one block), whose expected
+    order is the plan itself."""
+    order = reference(SEED3_ONE_BLOCK)
+    corrupt_jpeg(damaged, "s010")  # position 15 of the order: batch 3 comes out one short
+    loader = open_loader(damaged.path, batch_size=4, seed=3, on_corrupt="skip")
+    assert read_batches(loader) == [[key for key in batch if key != "s010"] for batch in batched(order, 4)]
+    assert loader.skipped == 1
+    damage_header(damaged, "s013")  # shard-000002.tar sample 3, position 13
+    items = list(open_stream(damaged.path, seed=3, on_corrupt="skip", decode=False))
+    assert [item.key if isinstance(item, Sample) else (item.shard, item.index) for item in items] == [
+        ("shard-000002.tar", 3) if key == "s013" else key for key in order
+    ]
+    urls = f"pipe:cat {damaged.path}/shard-{{000000..000004}}.tar"
+    assert damaged.plan_keys(open_stream(urls, index=damaged.path / INDEX_NAME, seed=3, decode=False)) == order
 
 
 def test_pipe_keeps_the_samples_read_before_a_damaged_header(damaged):

@@ -20,7 +20,7 @@ from data_shards.write import ShardLayout
 from trainer.distributed.world import free_port
 from trainer.testing.tiny import SMALL_IMAGE, build_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parser() -> argparse.ArgumentParser:
