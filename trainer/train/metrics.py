@@ -52,7 +52,6 @@ def step_metrics(
     elapsed = ended - window["started"] - window["paused"]
     metrics = {
         "train/loss": float(totals[0]) / world_size,
-        "train/lr": engine.get_lr()[0],
         "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
         "train/epoch": state.epoch,
         "train/skipped_steps": state.skipped_steps,
@@ -64,6 +63,13 @@ def step_metrics(
     }
     metrics.update(memory_metrics())
     return metrics
+
+
+def learning_rates(group_names: list[str], lrs: list[float]) -> dict[str, float]:
+    """`train/lr` is the language model's (LoRA's) rate, whatever the group order; each group's under its name."""
+    rates = dict(zip(group_names, lrs))
+    main = next((name for name in group_names if name.startswith("language")), group_names[0])
+    return {"train/lr": rates[main], **{f"train/lr/{name}": lr for name, lr in rates.items()}}
 
 
 def memory_metrics() -> dict[str, float]:

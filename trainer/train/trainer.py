@@ -34,7 +34,7 @@ from trainer.train.agreement import StepAgreement, count_step
 from trainer.train.callbacks import Callback
 from trainer.train.checkpoints import CheckpointManager, save_adapter
 from trainer.train.loaders import make_collator, make_loader, planned_steps
-from trainer.train.metrics import commit, new_pending, new_window, step_metrics
+from trainer.train.metrics import commit, learning_rates, new_pending, new_window, step_metrics
 from trainer.train.optim import build_scheduler, make_optimizer, parameter_groups
 from trainer.train.state import TrainerState, config_hash
 from trainer.train.tracking import make_tracker
@@ -94,6 +94,7 @@ class Trainer:
         self.tracker = None
         self.window = new_window()
         self.pending = new_pending()
+        self.step_lrs: list[float] = []
         self.last_saved = -1
         self.stop_signal = 0
 
@@ -103,7 +104,9 @@ class Trainer:
         config = self.config
         hidden = getattr(getattr(self.model.config, "text_config", self.model.config), "hidden_size", 1024)
         resolved = deepspeed_json.resolve(config, self.world.world_size, hidden)
-        optimizer = make_optimizer(parameter_groups(self.model, self.parts, config), config, resolved)
+        groups = parameter_groups(self.model, self.parts, config)
+        self.group_names = [group["name"] for group in groups]
+        optimizer = make_optimizer(groups, config, resolved)
         opt = config.optimizer
         scheduler = build_scheduler(optimizer, self.total_steps, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
         engine, _, _, _ = deepspeed.initialize(
@@ -201,6 +204,7 @@ class Trainer:
     def start_agreement(self) -> StepAgreement:
         for callback in self.callbacks:
             callback.on_step_boundary(self)
+        self.step_lrs = self.engine.get_lr()  # what this step uses: engine.step() moves the schedule on
         return StepAgreement(self.pending["losses"], self.stop.signum)
 
     def end_optimizer_step(self, agreement: StepAgreement) -> None:
@@ -224,6 +228,7 @@ class Trainer:
         if self.state.step % self.config.train.log_every == 0 or self.state.step == self.total_steps:
             ended = time.perf_counter()
             metrics = step_metrics(self.window, ended, self.engine, self.state, self.world.world_size)
+            metrics.update(learning_rates(self.group_names, self.step_lrs))
             self.window = new_window(started=ended)
             self.tracker.log(metrics, self.state.step)
         with self.paused():
