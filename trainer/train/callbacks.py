@@ -1,7 +1,7 @@
 """Hooks into the training loop, for what is not training itself (fault injection in tests, profilers).
 
 `train.callbacks` names classes as `module:Class`; each is built without arguments. The loop calls every
-callback at three points; the defaults do nothing.
+callback at four points; the defaults do nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ class Callback:
 
     def on_step_boundary(self, trainer) -> None:
         """The micro-step that ends an optimizer step, before the ranks' step agreement starts."""
+
+    def on_gradients(self, trainer) -> None:
+        """After the backward of that micro-step, before DeepSpeed's step: the step's gradients are complete
+        (read them with `deepspeed.utils.safe_get_full_grad`, which gathers ZeRO partitions)."""
 
     def on_step_end(self, trainer) -> None:
         """After an applied optimizer step, its evaluation, checkpoint and stop handling."""

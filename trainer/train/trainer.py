@@ -189,6 +189,9 @@ class Trainer:
         self.accumulate(loss, batch)
         agreement = self.start_agreement() if self.engine.is_gradient_accumulation_boundary() else None
         self.engine.backward(loss)
+        if agreement is not None:
+            for callback in self.callbacks:
+                callback.on_gradients(self)
         self.engine.step()
         if agreement is not None:
             self.end_optimizer_step(agreement)
