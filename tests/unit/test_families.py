@@ -20,9 +20,9 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from data_shards.sample import Sample, Turn
 from trainer.batches.collate import IGNORE_INDEX, build_collator, messages
+from trainer.batches.prompts import prompt_inputs
 from trainer.chat.answers import TemplateError
 from trainer.chat.template import ChatRenderer, template_source, use_chat_template
-from trainer.evaluate.generation import prompt_inputs
 from trainer.models.families.published import load
 from trainer.models.families.rules import packing_problem
 from trainer.models.loading import lora_targets

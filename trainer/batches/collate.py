@@ -49,6 +49,7 @@ class Batch:
     dropped: list[str] = field(default_factory=list)
     num_tokens: int = 0
     num_slots: int = 0
+    targets: torch.Tensor | None = None  # the answers' indices in data.choices (choice objective)
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -11,6 +11,7 @@ from pathlib import Path
 from trainer.config.fields import ConfigError, describe, load_config, option, to_dict
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+OBJECTIVES = ("lm", "choice")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 SCHEDULES = ("cosine", "linear", "constant")
 WANDB_MODES = ("disabled", "offline", "online")
@@ -49,6 +50,12 @@ class DataSection:
         help="assistant turns trained on: every one, or only the last of each conversation",
         choices=("all", "last"),
     )
+    choices: list[str] = option(factory=list, help="the closed answer set of train.objective=choice, e.g. [A, B]")
+    swap_choices: list[str] = option(
+        factory=list,
+        help="what each of data.choices becomes when a sample's two images are swapped (train.swap_consistency), "
+        "e.g. [Second, First, Similar] for [First, Second, Similar]",
+    )
 
 
 @dataclass
@@ -70,9 +77,30 @@ class TrainSection:
         "(the last good checkpoint stays)",
     )
     log_every: int = option(1, help="steps between metric lines")
+    objective: str = option(
+        "lm",
+        help="lm: next-token loss on the answers; choice: cross-entropy over data.choices' logits at the answer "
+        "position (no answer text in the input)",
+        choices=OBJECTIVES,
+    )
+    swap_consistency: float = option(
+        0.0,
+        help="choice objective on image pairs: also train each pair swapped, adding λ × symmetric KL between "
+        "p(·|a,b) and the mirrored p(·|b,a) (0: off)",
+    )
     callbacks: list[str] = option(
         factory=list,
         help="`module:Class` training-loop callbacks (trainer.train.callbacks), each built without arguments",
+    )
+    audit_every: int = option(
+        0,
+        help="gradient audit (trainer.train.audit): every N steps a per-parameter table and gradient-flow plot "
+        "in {output_dir}/audit/, warnings and health/* counts on every step (0: off)",
+    )
+    grad_warn_above: float = option(1e3, help="audit: warn when the global gradient norm is above this")
+    grad_warn_below: float = option(1e-8, help="audit: warn when the global gradient norm is below this")
+    loss_spike_factor: float = option(
+        5.0, help="audit: warn when a step's loss exceeds this × the median of the last 50 steps (0: off)"
     )
 
 
@@ -187,6 +215,26 @@ class TrainConfig:
             )
         if self.train.precision == "fp16" and self.model.dtype == "bfloat16":
             found.append("train.precision=fp16 with model.dtype=bfloat16: pick one half-precision type")
+        return found + self.objective_problems()
+
+    def objective_problems(self) -> list[str]:
+        choices, swapped, weight = self.data.choices, self.data.swap_choices, self.train.swap_consistency
+        found = []
+        if self.train.objective == "choice" and (len(choices) < 2 or len(set(choices)) != len(choices)):
+            found.append(f"data.choices: train.objective=choice needs two or more distinct answers, got {choices}")
+        if self.train.objective == "choice" and self.data.packing:
+            found.append("data.packing: not with train.objective=choice (one prompt per row)")
+        if weight < 0:
+            found.append(f"train.swap_consistency: must be >= 0, got {weight}")
+        if weight > 0 and self.train.objective != "choice":
+            found.append("train.swap_consistency: needs train.objective=choice")
+        mirror = dict(zip(choices, swapped))
+        involution = all(mirror.get(mirror[c]) == c for c in mirror)
+        if weight > 0 and (len(swapped) != len(choices) or sorted(swapped) != sorted(choices) or not involution):
+            found.append(
+                f"data.swap_choices: must pair up data.choices {choices} (swapping twice gives each back), "
+                f"got {swapped}"
+            )
         return found
 
 

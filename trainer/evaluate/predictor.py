@@ -16,8 +16,9 @@ import torch
 
 from data_shards.sample import Sample, Turn
 from trainer.batches.collate import IGNORE_INDEX, Batch, build_collator, question
+from trainer.batches.prompts import prompt_inputs
 from trainer.chat.template import template_source
-from trainer.evaluate.generation import EvalBatch, dtype_of, generate, move, prompt_inputs
+from trainer.evaluate.generation import EvalBatch, dtype_of, generate, move
 
 
 def with_answer(sample: Sample, answer: str, number: int) -> Sample:

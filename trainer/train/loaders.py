@@ -6,6 +6,7 @@ import math
 
 from data_shards.order import samples_per_rank
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig
+from trainer.batches.choice import ChoiceCollator, choice_token_ids
 from trainer.batches.collate import Collator, build_collator
 from trainer.chat.answers import TemplateError
 from trainer.chat.template import use_chat_template
@@ -13,7 +14,9 @@ from trainer.config import deepspeed_json
 from trainer.config.fields import ConfigError
 from trainer.config.schema import TrainConfig
 from trainer.distributed.world import WorldInfo
+from trainer.evaluate.generation import EvalCollator
 from trainer.models.families.rules import packing_problem
+from trainer.train.objectives import ChoiceLoss, LanguageModelLoss
 
 
 def make_collator(processor, model, config: TrainConfig, world_size: int = 1) -> Collator:
@@ -37,6 +40,21 @@ def make_collator(processor, model, config: TrainConfig, world_size: int = 1) ->
         )
     except TemplateError as error:
         raise ConfigError([f"model.chat_template: {error}"]) from None
+
+
+def make_objective(config: TrainConfig, collator: Collator):
+    """(objective, training collate, evaluation collate) for `train.objective`."""
+    if config.train.objective == "lm":
+        return LanguageModelLoss(), collator, EvalCollator(collator)
+    choices = config.data.choices
+    try:
+        choice_ids = choice_token_ids(collator, choices)
+    except ValueError as error:
+        raise ConfigError([str(error)]) from None
+    swap = config.data.swap_choices if config.train.swap_consistency > 0 else None
+    order = [choices.index(answer) for answer in swap] if swap else None
+    objective = ChoiceLoss(choice_ids, order, config.train.swap_consistency)
+    return objective, ChoiceCollator(collator, choices, swap), ChoiceCollator(collator, choices, swap)
 
 
 def make_loader(config: TrainConfig, world: WorldInfo, source: str, collate, shuffle: bool) -> ShardLoader:

@@ -14,6 +14,7 @@ from trainer.train.state import TrainerState
 def new_window(started: float | None = None) -> dict[str, Any]:
     """Sums over the micro-steps since the last metrics line, for the next one."""
     return {
+        "parts": {},
         "loss": 0.0,
         "micro": 0,
         "steps": 0,
@@ -27,39 +28,43 @@ def new_window(started: float | None = None) -> dict[str, Any]:
 
 def new_pending() -> dict[str, Any]:
     """The micro-steps of the optimizer step under way."""
-    return {"losses": [], "tokens": 0, "slots": 0, "samples": 0}
+    return {"losses": [], "parts": {}, "tokens": 0, "slots": 0, "samples": 0}
 
 
 def commit(window: dict[str, Any], pending: dict[str, Any]) -> None:
     """An applied optimizer step's micro-steps join the window."""
     window["loss"] += float(torch.stack(pending["losses"]).sum())
     window["micro"] += len(pending["losses"])
+    for name, values in pending["parts"].items():
+        window["parts"][name] = window["parts"].get(name, 0.0) + float(torch.stack(values).sum())
     for key in ("tokens", "slots", "samples"):
         window[key] += pending[key]
 
 
 def step_metrics(
-    window: dict[str, Any], ended: float, engine, state: TrainerState, world_size: int
+    window: dict[str, Any], ended: float, engine, state: TrainerState, world_size: int, parts: tuple[str, ...] = ()
 ) -> dict[str, float]:
-    """Means over the optimizer steps since the last metrics line; one all-reduce per line."""
+    """Means over the optimizer steps since the last metrics line; one all-reduce per line. `parts` are the
+    objective's loss parts, named alike on every rank (a rank whose micro-batches were all empty has none)."""
+    micro = max(1, window["micro"])
+    means = [window["loss"] / micro] + [window["parts"].get(name, 0.0) / micro for name in parts]
     totals = torch.tensor(
-        [window["loss"] / max(1, window["micro"]), window["tokens"], window["samples"], window["slots"]],
-        dtype=torch.float64,
-        device=engine.device,
+        [window["tokens"], window["samples"], window["slots"], *means], dtype=torch.float64, device=engine.device
     )
     if dist.is_initialized():
         dist.all_reduce(totals)
     elapsed = ended - window["started"] - window["paused"]
     metrics = {
-        "train/loss": float(totals[0]) / world_size,
+        "train/loss": float(totals[3]) / world_size,
+        **{f"train/{name}": float(value) / world_size for name, value in zip(parts, totals[4:])},
         "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
         "train/epoch": state.epoch,
         "train/skipped_steps": state.skipped_steps,
         "train/dropped_samples": state.dropped_samples,
         "perf/step_time_s": elapsed / window["steps"],
-        "perf/tokens_per_s": float(totals[1]) / elapsed,
-        "perf/samples_per_s": float(totals[2]) / elapsed,
-        "perf/nonpad_fraction": float(totals[1] / totals[3]) if totals[3] > 0 else 0.0,
+        "perf/tokens_per_s": float(totals[0]) / elapsed,
+        "perf/samples_per_s": float(totals[1]) / elapsed,
+        "perf/nonpad_fraction": float(totals[0] / totals[2]) if totals[2] > 0 else 0.0,
     }
     metrics.update(memory_metrics())
     return metrics

@@ -26,15 +26,17 @@ from trainer.config.fields import to_dict
 from trainer.config.schema import TrainConfig
 from trainer.distributed.signals import Preempted, StopRequest
 from trainer.distributed.world import WorldInfo
-from trainer.evaluate.generation import EvalCollator, dtype_of, evaluate, move
+from trainer.evaluate.choices import evaluate_choices
+from trainer.evaluate.generation import dtype_of, evaluate, move
 from trainer.models.loading import prepare_model
 from trainer.models.processor import load_processor
 from trainer.run_folder import RunFolder
 from trainer.train.agreement import StepAgreement, count_step
 from trainer.train.callbacks import Callback
 from trainer.train.checkpoints import CheckpointManager, save_adapter
-from trainer.train.loaders import make_collator, make_loader, planned_steps
+from trainer.train.loaders import make_collator, make_loader, make_objective, planned_steps
 from trainer.train.metrics import commit, learning_rates, new_pending, new_window, step_metrics
+from trainer.train.objectives import ChoiceLoss
 from trainer.train.optim import build_scheduler, make_optimizer, parameter_groups
 from trainer.train.state import TrainerState, config_hash
 from trainer.train.tracking import make_tracker
@@ -75,11 +77,10 @@ class Trainer:
         self.model, self.parts = prepare_model(config, device)
         self.processor = load_processor(config.model.path)
         self.collator = make_collator(self.processor, self.model, config, world.world_size)
-        self.train_loader = make_loader(config, world, config.data.train, self.collator, shuffle=True)
+        self.objective, train_collate, val_collate = make_objective(config, self.collator)
+        self.train_loader = make_loader(config, world, config.data.train, train_collate, shuffle=True)
         self.val_loader = (
-            make_loader(config, world, config.data.val, EvalCollator(self.collator), shuffle=False)
-            if config.data.val
-            else None
+            make_loader(config, world, config.data.val, val_collate, shuffle=False) if config.data.val else None
         )
         self.total_steps = planned_steps(config, self.train_loader.stream)
         self.engine = self.make_engine()
@@ -181,12 +182,12 @@ class Trainer:
                 f"model.max_length={self.config.model.max_length}: {batch.dropped})"
             )
         inputs = move(usable.inputs, self.engine.device, dtype_of(self.engine.module))
-        loss = self.engine(**inputs, use_cache=False).loss
+        loss, parts = self.objective(self.engine, inputs, usable.targets)
         if not len(batch):
-            loss = loss * 0.0
+            loss, parts = loss * 0.0, {}
         for callback in self.callbacks:
             loss = callback.on_micro_loss(self, loss)
-        self.accumulate(loss, batch)
+        self.accumulate(loss, parts, batch)
         agreement = self.start_agreement() if self.engine.is_gradient_accumulation_boundary() else None
         self.engine.backward(loss)
         if agreement is not None:
@@ -197,9 +198,11 @@ class Trainer:
             self.end_optimizer_step(agreement)
         return usable
 
-    def accumulate(self, loss: torch.Tensor, batch: Batch) -> None:
+    def accumulate(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], batch: Batch) -> None:
         """Sums for the optimizer step under way; they join the metrics window only if it is applied."""
         self.pending["losses"].append(loss.detach())
+        for name, value in parts.items():
+            self.pending["parts"].setdefault(name, []).append(value)
         self.pending["tokens"] += batch.num_tokens
         self.pending["slots"] += batch.num_slots
         self.pending["samples"] += len(batch)
@@ -230,7 +233,9 @@ class Trainer:
         self.window["steps"] += 1
         if self.state.step % self.config.train.log_every == 0 or self.state.step == self.total_steps:
             ended = time.perf_counter()
-            metrics = step_metrics(self.window, ended, self.engine, self.state, self.world.world_size)
+            metrics = step_metrics(
+                self.window, ended, self.engine, self.state, self.world.world_size, self.objective.parts
+            )
             metrics.update(learning_rates(self.group_names, self.step_lrs))
             self.window = new_window(started=ended)
             self.tracker.log(metrics, self.state.step)
@@ -267,19 +272,26 @@ class Trainer:
             return {}
         self.val_loader.set_epoch(0)
         self.val_loader.stream.position = 0
-        synced = self.zero_stage == 3 and self.world.world_size > 1
-        metrics = evaluate(
-            self.engine,
-            self.val_loader,
-            self.processor.tokenizer,
-            self.config.eval.max_batches,
-            self.config.eval.max_new_tokens,
-            synced,
-            keep_train_mode=self.config.quant.load_in_4bit,
-        )
+        metrics = self.evaluate()
         self.tracker.log(metrics, self.state.step)
         self.state.metrics = metrics
         return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        config, quantized = self.config.eval, self.config.quant.load_in_4bit
+        if isinstance(self.objective, ChoiceLoss):
+            return evaluate_choices(self.engine, self.val_loader, self.objective, config.max_batches, quantized)
+        synced = self.zero_stage == 3 and self.world.world_size > 1
+        tokenizer = self.processor.tokenizer
+        return evaluate(
+            self.engine,
+            self.val_loader,
+            tokenizer,
+            config.max_batches,
+            config.max_new_tokens,
+            synced,
+            keep_train_mode=quantized,
+        )
 
     def save(self, metrics: dict[str, float]) -> Path:
         self.state.metrics = metrics or self.state.metrics
