@@ -1,4 +1,4 @@
-"""`python -m data_shards build|validate|inspect|synth`."""
+"""`python -m data_shards build|validate|inspect|synth|pairs`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from data_shards.images import DEFAULT_MAX_PIXELS, ImagePolicy
 from data_shards.records import SourceError
 from data_shards.sources import READERS, SourceOptions
 from data_shards.split import STRATEGIES, SplitError, SplitSpec
+from data_shards.synthetic import SYNTH_FORMATS
 from data_shards.write import ShardLayout
 
 USER_ERRORS = (SourceError, SplitError, FileExistsError, FileNotFoundError, ValueError)
@@ -36,6 +37,12 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--class-question", default=SourceOptions.class_question, help="classes: the question asked")
     group.add_argument("--caption-prompt", default=SourceOptions.caption_prompt, help="captions/manifest: the prompt")
     group.add_argument("--pairs-question", default=SourceOptions.pairs_question, help="pairs: the question asked")
+    add_check_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed for splits")
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """Image checks, re-encoding and duplicates; worker processes and progress bars."""
     checks = parser.add_argument_group("checks and re-encoding")
     checks.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject images with more pixels")
     checks.add_argument("--max-side", type=int, help="re-encode so the longest side is at most this (JPEG)")
@@ -46,7 +53,6 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep exact duplicate samples (same text and images) instead of rejecting them",
     )
     parser.add_argument("--workers", type=int, default=default_workers(), help="worker processes (0: in-process)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for splits")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -61,6 +67,10 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--folds", type=int, help="k-fold: number of folds (writes train/ and val/)")
     group.add_argument("--fold", type=int, help="k-fold: the held-out fold, 0-based")
+    add_shard_arguments(group)
+
+
+def add_shard_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--shard-samples", type=int, default=1000, help="samples per shard at most")
     group.add_argument(
         "--shard-bytes", type=byte_size, default=256 * 1024**2, help="bytes per shard at most (e.g. 512MB)"
@@ -172,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     inspect_parser.add_argument("--contact-sheet", type=Path, help="write a PNG grid of the first images here")
     inspect_parser.set_defaults(run=command_inspect)
     synth_parser = commands.add_parser("synth", help="write a synthetic dataset in one source format")
-    synth_parser.add_argument("--format", choices=sorted(READERS), required=True)
+    synth_parser.add_argument("--format", choices=sorted(SYNTH_FORMATS), required=True)
     synth_parser.add_argument("--out", type=Path, required=True)
     synth_parser.add_argument("--n", type=int, default=200)
     synth_parser.add_argument("--seed", type=int, default=0)
@@ -180,6 +190,9 @@ def parser() -> argparse.ArgumentParser:
     synth_parser.add_argument("--task", choices=("color", "shape", "mixed"), default="color")
     synth_parser.add_argument("--defects", action="store_true", help="inject broken and unusual samples")
     synth_parser.set_defaults(run=command_synth)
+    from data_shards.pairs.cli import add_pairs_parser  # here, not at the top: it builds on this module's groups
+
+    add_pairs_parser(commands)
     return root
 
 

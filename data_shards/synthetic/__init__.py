@@ -7,13 +7,14 @@ The same arguments always give byte-identical files.
 
 Record keys: the `id` field (llava, messages); the image file's stem (captions, manifest, classes);
 `row{N:06d}` for the N-th data row (pairs); `img{id}` (coco); `line{N}` for a malformed JSONL line.
+`SYNTH_FORMATS` adds `scores` (images with per-image scores, SCUT-FBP5500's layout) to the build's `FORMATS`.
 The unusual record that repeats an id with other content is listed under that id (the first record with it
 is a good one); the build keeps it under a derived key.
 """
 
 from data_shards.synthetic.benchmark import make_loose_benchmark_set
-from data_shards.synthetic.dataset import make_dataset
+from data_shards.synthetic.dataset import SYNTH_FORMATS, make_dataset
 from data_shards.synthetic.plan import SyntheticDataset
 from data_shards.synthetic.vocabulary import FORMATS, TASKS
 
-__all__ = ["FORMATS", "TASKS", "SyntheticDataset", "make_dataset", "make_loose_benchmark_set"]
+__all__ = ["FORMATS", "SYNTH_FORMATS", "TASKS", "SyntheticDataset", "make_dataset", "make_loose_benchmark_set"]

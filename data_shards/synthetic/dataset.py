@@ -13,7 +13,9 @@ from data_shards.synthetic.drawing import MIN_IMAGE_SIZE, require
 from data_shards.synthetic.image_files import write_captions, write_classes, write_manifest
 from data_shards.synthetic.pairs import write_pairs
 from data_shards.synthetic.plan import Plan, SyntheticDataset
-from data_shards.synthetic.vocabulary import FORMATS, TASKS
+from data_shards.synthetic.scores import FORMAT as SCORES_FORMAT
+from data_shards.synthetic.scores import write_scores
+from data_shards.synthetic.vocabulary import TASKS
 
 _WRITERS: dict[str, Callable[[Plan], SyntheticDataset]] = {
     "llava": write_llava,
@@ -23,11 +25,13 @@ _WRITERS: dict[str, Callable[[Plan], SyntheticDataset]] = {
     "classes": write_classes,
     "pairs": write_pairs,
     "coco": write_coco,
+    SCORES_FORMAT: write_scores,
 }
+SYNTH_FORMATS = tuple(_WRITERS)  # the formats the build reads, and `scores` (read by `python -m data_shards pairs`)
 
 
 def _check_arguments(fmt: str, n: int, image_size: int, task: str, jsonl: bool, class_names: bool) -> None:
-    require(fmt, FORMATS, "format")
+    require(fmt, SYNTH_FORMATS, "format")
     require(task, TASKS, "task")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
