@@ -4,6 +4,7 @@
     {run}/metrics.jsonl                 one line per logged step (rank 0)
     {run}/train_summary.json            what the finished run reports
     {run}/wandb_run_id.txt              the W&B run a resumed job continues
+    {run}/audit/                        gradient audit tables and plots (`train.audit_every`, rank 0)
     {run}/checkpoints/latest            names the newest complete checkpoint, replaced atomically
     {run}/checkpoints/best.json         the best checkpoint by `checkpoint.best_metric`
     {run}/checkpoints/step00000100/     DeepSpeed's files, trainer_state.json, trainer_state_rank{r}.pt,
@@ -24,6 +25,7 @@ METRICS = "metrics.jsonl"
 WANDB_ID = "wandb_run_id.txt"
 SUMMARY = "train_summary.json"
 CHECKPOINTS = "checkpoints"
+AUDIT = "audit"
 LATEST = "latest"
 BEST = "best.json"
 COMPLETE = "complete"
@@ -97,6 +99,10 @@ class RunFolder:
         return self.root / CHECKPOINTS
 
     @property
+    def audit(self) -> Path:
+        return self.root / AUDIT
+
+    @property
     def best_file(self) -> Path:
         return self.checkpoints / BEST
 
@@ -110,6 +116,10 @@ class RunFolder:
     def latest(self) -> Checkpoint | None:
         tag = self.latest_tag()
         return self.checkpoint(tag) if tag else None
+
+    def best(self) -> dict | None:
+        """{"tag", "metric", "value"} of the best checkpoint by `checkpoint.best_metric`, if one was chosen."""
+        return json.loads(self.best_file.read_text()) if self.best_file.exists() else None
 
     def set_latest(self, tag: str) -> None:
         write_atomic(self.checkpoints / LATEST, tag)

@@ -65,8 +65,7 @@ class CheckpointManager:
             write_atomic(self.run.best_file, json.dumps({"tag": tag, "metric": self.best_metric, "value": value}))
 
     def best(self) -> dict[str, Any] | None:
-        path = self.run.best_file
-        return json.loads(path.read_text()) if path.exists() else None
+        return self.run.best()
 
     def prune(self) -> None:
         tags = sorted(p.name for p in self.root.glob("step*") if p.is_dir())

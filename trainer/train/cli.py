@@ -36,13 +36,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)  # `--config C a.b=1 --resume auto c.d=2` too
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
-    from trainer.train.preflight import preflight  # imports torch: not for --help
+    from trainer.train.audit import audit_callbacks  # these two import torch: not for --help
+    from trainer.train.preflight import preflight
 
     try:
         config = load(args.config, overrides)
         world = world_from_env()
         preflight(config)  # on every rank, before any collective: each fails alike, with exit code 2
-        callbacks = load_callbacks(config.train.callbacks)
+        callbacks = load_callbacks(config.train.callbacks) + audit_callbacks(config.train)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
