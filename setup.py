@@ -36,6 +36,7 @@ setup(
             "shardtune-train=trainer.train.cli:main",
             "shardtune-eval=trainer.evaluate.run:main",
             "shardtune-predict=trainer.evaluate.predict_cli:main",
+            "shardtune-aggregate=trainer.evaluate.aggregate:main",
             "shardtune-merge=trainer.export.cli:main",
         ],
     },

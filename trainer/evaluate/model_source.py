@@ -28,6 +28,7 @@ class ModelSource:
     adapter: Path | None = None
     dtype: str = "auto"
     quant: dict | None = None
+    objective: str = "lm"  # the checkpoint's train.objective: how its closed-set answers are best scored
 
     def describe(self) -> dict[str, str | None]:
         return {
@@ -70,7 +71,7 @@ def source_from_args(args: argparse.Namespace) -> ModelSource:
         raise UsageError(f"--checkpoint {args.checkpoint}: no base model recorded; pass --base")
     dtype = args.dtype if args.dtype != "auto" else run_config.get("model", {}).get("dtype", "auto")
     quant = run_config.get("quant") if run_config.get("quant", {}).get("load_in_4bit") else None
-    return ModelSource(base, adapter, dtype, quant)
+    return ModelSource(base, adapter, dtype, quant, run_config.get("train", {}).get("objective", "lm"))
 
 
 def find_adapter(path: Path) -> Path:

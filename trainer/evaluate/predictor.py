@@ -2,8 +2,10 @@
 
 Closed sets: each candidate is written as the final answer and scored by the sum of the
 log-probabilities of its tokens after the prompt, end-of-turn token included (so a candidate that is
-a prefix of another is not favoured), not length-normalised unless asked (`per_token`). The
-prediction is the argmax, so it is always one of the candidates.
+a prefix of another is not favoured), not length-normalised unless asked (`per_token`). A model trained
+with `train.objective=choice` learned only the answer's first token at the answer position: it is scored
+there, by the log-probability of each candidate's first token (`first_token`). The prediction is the
+argmax, so it is always one of the candidates.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from data_shards.sample import Sample, Turn
+from trainer.batches.choice import choice_token_ids
 from trainer.batches.collate import IGNORE_INDEX, Batch, build_collator, question
 from trainer.batches.prompts import prompt_inputs
 from trainer.chat.template import template_source
@@ -65,6 +68,7 @@ class Predictor:
         self.scorer = build_collator(processor, model, sys.maxsize, template_source(model.name_or_path))
         self.prompter = copy.deepcopy(processor)
         self.prompter.tokenizer.padding_side = "left"
+        self.first_token_ids: dict[tuple[str, ...], list[int]] = {}
 
     @torch.no_grad()
     def generate(self, samples: list[Sample], max_new_tokens: int) -> list[str]:
@@ -74,7 +78,11 @@ class Predictor:
         return [answer.strip() for answer in answers]
 
     @torch.no_grad()
-    def choose(self, samples: list[Sample], choice_lists: list[list[str]], per_token: bool = False) -> list[Choice]:
+    def choose(
+        self, samples: list[Sample], choice_lists: list[list[str]], per_token: bool = False, first_token: bool = False
+    ) -> list[Choice]:
+        if first_token:
+            return self.choose_by_first_token(samples, choice_lists)
         candidates = [with_answer(s, c, n) for s, choices in zip(samples, choice_lists) for n, c in enumerate(choices)]
         scores: list[float] = []
         for start in range(0, len(candidates), self.rows_per_forward):
@@ -84,6 +92,22 @@ class Predictor:
             results.append(pick(choices, scores[offset : offset + len(choices)]))
             offset += len(choices)
         return results
+
+    def choose_by_first_token(self, samples: list[Sample], choice_lists: list[list[str]]) -> list[Choice]:
+        results = []
+        for start in range(0, len(samples), self.rows_per_forward):
+            chunk = slice(start, start + self.rows_per_forward)
+            inputs = move(prompt_inputs(self.scorer, self.prompter, samples[chunk]), self.device, dtype_of(self.model))
+            log_probs = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
+            for row, choices in zip(log_probs, choice_lists[chunk]):
+                ids = self.first_tokens(tuple(choices))
+                results.append(pick(choices, row[ids].tolist()))
+        return results
+
+    def first_tokens(self, choices: tuple[str, ...]) -> list[int]:
+        if choices not in self.first_token_ids:
+            self.first_token_ids[choices] = choice_token_ids(self.scorer, list(choices))
+        return self.first_token_ids[choices]
 
     def score(self, candidates: list[Sample], per_token: bool) -> list[float]:
         inputs = move(self.scorer(candidates).inputs, self.device, dtype_of(self.model))

@@ -1,4 +1,5 @@
-"""Writing an evaluation report: report.json and report.md, confusion.csv and confusion.png, predictions.jsonl."""
+"""Writing an evaluation report: report.json and report.md, confusion.csv and confusion.png, predictions.jsonl;
+with pair samples also bt_strengths.csv and bt_scatter.png."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from trainer.evaluate.pair_report import ItemTable, pairs_markdown, write_pair_files
 from trainer.evaluate.scores import Confusion, Outcome
 
 PLOT_ANNOTATE_MAX = 30
@@ -72,6 +74,7 @@ def markdown(report: dict) -> str:
     ]
     lines += [
         "",
+        *pairs_markdown(report),
         "## Confusion matrix",
         "",
         "![confusion matrix](confusion.png) (counts: `confusion.csv`)",
@@ -88,12 +91,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, report: dict, outcomes: list[Outcome], confusion: Confusion) -> None:
+def write_report(
+    out: Path, report: dict, outcomes: list[Outcome], confusion: Confusion, items: ItemTable | None = None
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown(report))
     write_confusion_csv(out / "confusion.csv", confusion)
     plot_confusion(out / "confusion.png", confusion)
+    if items is not None:
+        write_pair_files(out, report, items)
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
         for o in outcomes:
             handle.write(

@@ -11,6 +11,12 @@ Exact match compares the greedy answer as generated, but for surrounding whitesp
 is its `label`, else its reference answer. `generation_in_choices` is how often the greedy answer of a
 closed-set sample is one of its choices at all.
 
+Pair samples (two images; `extra` with `items` and `score1`/`score2`) add `swap_consistency`: each closed-set
+pair is scored again with its images swapped, consistent when the answer mirrors (First ↔ Second, Similar ↔
+Similar); one more closed-set scoring per pair, which `--no-swap-check` saves. And `bt_pearson`,
+`bt_spearman`: Bradley–Terry strengths fitted from the predictions against each item's mean true score, with
+bt_strengths.csv and bt_scatter.png (see trainer/evaluate/pair_report.py).
+
 Under torchrun every rank evaluates its slice of the split (padded to equal counts); outcomes are
 gathered and de-duplicated by key, and rank 0 writes the report.
 """
@@ -24,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -45,10 +52,14 @@ from trainer.evaluate.model_source import (
     load_model,
     source_from_args,
 )
+from trainer.evaluate.pair_report import pairwise_summary
+from trainer.evaluate.pairwise import pair_record, swapped_choices
 from trainer.evaluate.predict_cli import parse_choices
 from trainer.evaluate.predictor import Predictor
 from trainer.evaluate.report import write_report
 from trainer.evaluate.scores import Outcome, confusion_matrix, error_examples, outcome, summarise
+
+SUMMARY_KEYS = ("accuracy", "choice_accuracy", "swap_consistency", "bt_pearson", "bt_spearman", "num_samples")
 
 
 @dataclass
@@ -59,20 +70,26 @@ class EvalOptions:
     per_token: bool = False
     limit: int = 0
     num_workers: int = 1
+    swap_check: bool = True
+    first_token: bool = False
 
     def scoring(self) -> str:
+        if self.first_token:
+            return "the log-probability of each answer's first token at the answer position (choice objective)"
         kind = "mean (length-normalised)" if self.per_token else "sum (not length-normalised)"
         return f"the {kind} of the answer tokens' log-probabilities, end-of-turn token included"
 
 
 def evaluate_batch(predictor: Predictor, samples: list[Sample], options: EvalOptions) -> list[Outcome]:
     generated = predictor.generate(samples, options.max_new_tokens)
+    # the swap check scores the same way
+    choose = partial(predictor.choose, per_token=options.per_token, first_token=options.first_token)
     choice_lists = [options.choices or s.extra.get("choices") for s in samples]
     closed = [index for index, choices in enumerate(choice_lists) if choices]
-    picks = predictor.choose([samples[i] for i in closed], [choice_lists[i] for i in closed], options.per_token)
-    chosen = dict(zip(closed, picks))
+    chosen = dict(zip(closed, choose([samples[i] for i in closed], [choice_lists[i] for i in closed])))
+    swaps = swapped_choices(choose, samples, choice_lists) if options.swap_check else {}
     return [
-        outcome(sample, answer, choice_lists[index], chosen.get(index))
+        outcome(sample, answer, choice_lists[index], chosen.get(index), pair_record(sample, swaps.get(index)))
         for index, (sample, answer) in enumerate(zip(samples, generated))
     ]
 
@@ -160,6 +177,7 @@ def run(
     with evaluation_split(args) as (split, data):
         outcomes, skipped = gather(*evaluate_split(predictor, split, world, options))
     report = summarise(outcomes)
+    pairs, items = pairwise_summary(outcomes)
     report.update(
         model=source.describe(),
         data=data,
@@ -168,11 +186,12 @@ def run(
         max_new_tokens=options.max_new_tokens,
         num_errors=sum(not o.correct for o in outcomes),
         errors=error_examples(outcomes, args.max_errors),
+        **pairs,
     )
     if "choice_accuracy" in report:
         report["choice_scoring"] = options.scoring()
     if world.is_main:
-        write_report(args.out, report, outcomes, confusion_matrix(outcomes))
+        write_report(args.out, report, outcomes, confusion_matrix(outcomes), items)
     return report
 
 
@@ -197,9 +216,23 @@ def parser() -> argparse.ArgumentParser:
     )
     root.add_argument("--per-token", action="store_true", help="rank choices by mean, not summed, log-probability")
     root.add_argument(
+        "--choice-scoring",
+        choices=("auto", "sequence", "first-token"),
+        default="auto",
+        help="sequence: each answer's tokens; first-token: its first token at the answer position, as "
+        "train.objective=choice trains (auto: first-token for a checkpoint trained so)",
+    )
+    root.add_argument(
         "--batch-size", type=int, default=8, help="samples per generation batch, and candidate rows per scoring forward"
     )
     root.add_argument("--max-errors", type=int, default=20, help="error examples in the report")
+    root.add_argument(
+        "--swap-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score pair samples again with their images swapped, for swap_consistency (one more closed-set scoring "
+        "per pair)",
+    )
     return root
 
 
@@ -207,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         check_arguments(args)
+        source = source_from_args(args)
+        first_token = (
+            args.choice_scoring == "first-token" or args.choice_scoring == "auto" and source.objective == "choice"
+        )
         options = EvalOptions(
             args.batch_size,
             args.max_new_tokens,
@@ -214,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
             args.per_token,
             args.limit,
             args.num_workers,
+            args.swap_check,
+            first_token,
         )
-        source = source_from_args(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -229,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if world.is_main:
         print(
             json.dumps(
-                {key: report[key] for key in ("accuracy", "choice_accuracy", "num_samples") if key in report}
-                | {"report": str(args.out / "report.json")}
+                {key: report[key] for key in SUMMARY_KEYS if key in report} | {"report": str(args.out / "report.json")}
             )
         )
     return 0

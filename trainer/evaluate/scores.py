@@ -9,6 +9,7 @@ from data_shards.sample import Sample
 from trainer.batches.collate import last_assistant, question
 from trainer.evaluate.generation import normalise
 from trainer.evaluate.model_source import UsageError
+from trainer.evaluate.pairwise import PairRecord
 from trainer.evaluate.predictor import Choice
 
 OTHER = "(other)"
@@ -24,6 +25,7 @@ class Outcome:
     choices: list[str] | None = None
     choice: str | None = None
     choice_scores: dict[str, float] | None = None
+    pair: PairRecord | None = None
 
     @property
     def prediction(self) -> str:
@@ -34,7 +36,9 @@ class Outcome:
         return normalise(self.prediction) == normalise(self.reference)
 
 
-def outcome(sample: Sample, generated: str, choices: list[str] | None, chosen: Choice | None) -> Outcome:
+def outcome(
+    sample: Sample, generated: str, choices: list[str] | None, chosen: Choice | None, pair: PairRecord | None = None
+) -> Outcome:
     reference = sample.turns[last_assistant(sample)].text
     return Outcome(
         sample.key,
@@ -45,6 +49,7 @@ def outcome(sample: Sample, generated: str, choices: list[str] | None, chosen: C
         choices,
         chosen.answer if chosen else None,
         chosen.scores if chosen else None,
+        pair,
     )
 
 
