@@ -16,6 +16,7 @@ from trainer.config.schema import TrackingSection
 from trainer.run_folder import RunFolder
 
 log = logging.getLogger("shardtune")
+PARTS = (("loss_ce", "ce"), ("loss_consistency", "consistency"), ("accuracy", "acc"))  # the choice objective's
 
 
 class Tracker:
@@ -48,8 +49,9 @@ class Tracker:
         rate = done / max(1e-9, time.monotonic() - self.started)
         eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "--:--:--"
+        parts = " ".join(f"{name} {record[f'train/{key}']:.4f}" for key, name in PARTS if f"train/{key}" in record)
         return (
-            f"step {step}/{self.total_steps} loss {record['train/loss']:.4f} "
+            f"step {step}/{self.total_steps} loss {record['train/loss']:.4f} {parts + ' ' if parts else ''}"
             f"lr {record.get('train/lr', 0):.2e} {record.get('perf/samples_per_s', 0):.1f} samples/s ETA {eta_text}"
         )
 
