@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))  # run as a script without installing
 
 from data_shards.build import BuildConfig, build  # noqa: E402
 from data_shards.synthetic import make_dataset  # noqa: E402
-from trainer.distributed.world import free_port  # noqa: E402
+from trainer.distributed.launchers import deepspeed_command  # noqa: E402
 from trainer.testing.tiny import SMALL_IMAGE, build_tiny_model  # noqa: E402
 
 GOAL = 1.3
@@ -73,15 +73,7 @@ def full_finetune(out: Path, base: Path, stage: int) -> Path:
         build(BuildConfig(input=dataset.input, out=data / "shards", seed=0, workers=1, overwrite=True, progress=False))
     run = out / f"full-zero{stage}"
     shutil.rmtree(run, ignore_errors=True)
-    command = [
-        sys.executable,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(ROOT / "launch/train.py"),
+    arguments = [
         "--config",
         str(ROOT / "configs/demo.yaml"),
         f"model.path={base}",
@@ -95,6 +87,7 @@ def full_finetune(out: Path, base: Path, stage: int) -> Path:
         "checkpoint.resume=none",
         f"deepspeed.config={ROOT / 'configs/deepspeed'}/zero{stage}.json",
     ]
+    command = deepspeed_command(2, ROOT / "launch/train.py", arguments)
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}")

@@ -61,7 +61,7 @@ from data_shards.write import ShardLayout  # noqa: E402
 from trainer.batches.collate import Collator  # noqa: E402
 from trainer.batches.packing import packed_rows  # noqa: E402
 from trainer.config.schema import load  # noqa: E402
-from trainer.distributed.world import free_port  # noqa: E402
+from trainer.distributed.launchers import deepspeed_command  # noqa: E402
 from trainer.models.processor import load_processor  # noqa: E402
 from trainer.testing.tiny import GENERIC_ENGLISH, SMALL_IMAGE, build_tiny_model  # noqa: E402
 
@@ -261,17 +261,7 @@ def our_cpu_seconds() -> float:
 def launch(script: Path, arguments: list[str], log: Path, ranks: int) -> dict:
     """`deepspeed --num_gpus <ranks> script ...` with its output in `log`. Returns its wall seconds and the share
     of the machine's CPU that other processes used meanwhile (the noise a neighbour adds to this run)."""
-    command = [
-        sys.executable,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        str(ranks),
-        "--master_port",
-        str(free_port()),
-        str(script),
-        *arguments,
-    ]
+    command = deepspeed_command(ranks, script, arguments)
     log.parent.mkdir(parents=True, exist_ok=True)
     start, busy, ours = time.perf_counter(), busy_cpu_seconds(), our_cpu_seconds()
     with log.open("w") as handle:

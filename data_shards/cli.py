@@ -10,6 +10,7 @@ from pathlib import Path
 from data_shards.build import BuildConfig, build, default_workers
 from data_shards.images import DEFAULT_MAX_PIXELS, ImagePolicy
 from data_shards.records import SourceError
+from data_shards.report import split_overlap_warning
 from data_shards.sources import READERS, SourceOptions
 from data_shards.split import STRATEGIES, SplitError, SplitSpec
 from data_shards.synthetic import SYNTH_FORMATS
@@ -127,6 +128,9 @@ def print_summary(report: dict, out: Path) -> None:
         print(f"  kept     {report['kept_duplicates']:6d}  exact duplicates")
     for name, split in report["splits"].items():
         print(f"  {name}: {split['samples']} samples in {split['shards']} shards")
+    warning = split_overlap_warning(report)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"report: {out / 'report.md'}")
 
 

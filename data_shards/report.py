@@ -2,12 +2,14 @@
 
 Unusual-but-valid properties (shared images, an image used twice in one sample, normalised
 colour modes, non-ASCII text, ids repeated with different content) are statistics here, never rejections.
+Images used in more than one split are counted and warned about, never refused: merely unusual for
+captions sharing an image, but leakage that inflates validation accuracy when pairs were split, not images.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ import numpy as np
 from data_shards.records import REASONS, Reject
 from data_shards.validate import CheckedSample
 from data_shards.write import ShardInfo
+
+SHARED_EXAMPLES = 10
 
 
 class ReconciliationError(AssertionError):
@@ -39,6 +43,7 @@ def build_report(
         "shards_written": bool(shards),
         "rejects_by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
         "splits": split_summary(splits, shards),
+        "images_in_several_splits": images_in_several_splits(splits),
         "stats": dataset_stats(kept),
         **keys,
         **header,
@@ -75,6 +80,35 @@ def split_summary(splits: dict[str, list[CheckedSample]], shards: dict[str, list
             "labels": dict(sorted(Counter(m.raw.label for m in members if m.raw.label is not None).items())),
         }
     return summary
+
+
+def images_in_several_splits(splits: dict[str, list[CheckedSample]]) -> dict[str, Any]:
+    """Images (by content hash) used by samples of more than one split, each named by its paths joined by ' = '."""
+    split_names: dict[str, set[str]] = defaultdict(set)
+    refs: dict[str, set[str]] = defaultdict(set)
+    for name, members in splits.items():
+        for sample in members:
+            for image in sample.images:
+                split_names[image.source_sha256].add(name)
+                refs[image.source_sha256].add(image.ref)
+    shared = sorted(" = ".join(sorted(refs[digest])) for digest, names in split_names.items() if len(names) > 1)
+    return {"count": len(shared), "examples": shared[:SHARED_EXAMPLES]}
+
+
+def split_overlap_warning(report: dict[str, Any]) -> str | None:
+    """A warning naming how many images straddle splits (None when none do); for pairs, how to avoid it."""
+    shared = report["images_in_several_splits"]["count"]
+    if not shared:
+        return None
+    text = f"warning: {shared} images are used by samples in more than one split"
+    if report["source"]["format"] == "pairs":
+        return text + (
+            ": the pairs were split, not the images, so validation pairs show images seen in training and "
+            "pairwise accuracy is inflated. For leakage-free folds of images use `python -m data_shards pairs "
+            "--scores ...`, or build with `--split-by image` (each image in one split; a connected pair graph "
+            "may then fall into a single split)"
+        )
+    return text + " (usual when captions or conversations share an image; `--split-by image` keeps each in one split)"
 
 
 def distribution(values: list[float]) -> dict[str, float] | None:
@@ -148,6 +182,10 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, split in report["splits"].items():
         lines.append(f"| {name} | {split['samples']} | {split['shards']} | {split['bytes']} |")
+    warning = split_overlap_warning(report)
+    if warning:
+        examples = ", ".join(f"`{e}`" for e in report["images_in_several_splits"]["examples"])
+        lines += ["", f"**{warning}.** Examples: {examples}"]
     lines += ["", "## Rejected", "", "| reason | count | meaning |", "|---|---:|---|"]
     for reason, count in report["rejects_by_reason"].items():
         lines.append(f"| `{reason}` | {count} | {REASONS[reason]} |")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from trainer.distributed.launchers import deepspeed_command, torchrun_command
 from trainer.testing import faults as faults_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,35 +93,15 @@ def launch_training(
 ) -> subprocess.CompletedProcess:
     """Run launch/train.py for real under the deepspeed launcher, torchrun, plain python, or (one rank) in-process."""
     overrides, env = with_faults(faults, overrides, env)
-    from trainer.distributed.world import free_port
-
     if launcher == "in-process":
         return train_in_process(["--config", str(recipe), *overrides], env)
-    script = [str(ROOT / "launch/train.py"), "--config", str(recipe), *overrides]
+    script, arguments = ROOT / "launch/train.py", ["--config", str(recipe), *overrides]
     if launcher == "deepspeed":
-        command = [
-            sys.executable,
-            "-m",
-            "deepspeed.launcher.runner",
-            "--num_gpus",
-            str(ranks),
-            "--master_port",
-            str(free_port()),
-            *script,
-        ]
+        command = deepspeed_command(ranks, script, arguments)
     elif launcher == "torchrun":
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(ranks),
-            "--master_port",
-            str(free_port()),
-            *script,
-        ]
+        command = torchrun_command(ranks, script, arguments)
     else:
-        command = [sys.executable, *script]
+        command = [sys.executable, str(script), *arguments]
     return run_process_group(command, {**training_env(), **env}, timeout)
 
 

@@ -17,7 +17,7 @@ from conftest import ROOT, launch_training, run_process_group, training_env
 from data_shards.sample import Sample, Turn
 from data_shards.stream import ShardStream, StreamConfig
 from trainer.batches.collate import IGNORE_INDEX
-from trainer.distributed.world import free_port
+from trainer.distributed.launchers import torchrun_command
 from trainer.evaluate.predict_cli import main as predict_main
 from trainer.evaluate.predictor import Predictor, answer_logprobs
 from trainer.evaluate.report import write_report
@@ -233,21 +233,8 @@ def test_two_ranks_give_the_same_report_as_one(trained_run, odd_split, tmp_path)
         "4",
     ]
     single = evaluate(tmp_path / "one", *arguments)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(ROOT / "launch/evaluate.py"),
-        *arguments,
-        "--out",
-        str(tmp_path / "two"),
-        "--max-new-tokens",
-        "3",
-    ]
+    extra = ["--out", str(tmp_path / "two"), "--max-new-tokens", "3"]
+    command = torchrun_command(2, ROOT / "launch/evaluate.py", [*arguments, *extra])
     result = run_process_group(command, training_env(), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     double = json.loads((tmp_path / "two" / "report.json").read_text())

@@ -1,6 +1,8 @@
 """Every source format end to end: raw files → build → shards → stream gives back the same content,
 every injected defect is rejected with its reason, and every merely unusual sample is kept."""
 
+import csv
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -8,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_shards.build import BuildConfig, build
+from data_shards.cli import print_summary
 from data_shards.images import ImagePolicy, prepare_image
 from data_shards.records import REASONS, RawSample, Reject
 from data_shards.sources import open_source
@@ -145,3 +148,60 @@ def test_image_split_keeps_shared_images_in_one_split(tmp_path):
             for image in sample.images:
                 hashes.setdefault(hash(image.data), set()).add(split)
     assert hashes and all(len(splits) == 1 for splits in hashes.values())
+
+
+def build_pairs(tmp_path: Path, dataset, split: SplitSpec) -> dict:
+    config = BuildConfig(
+        input=dataset.input,
+        out=tmp_path / "out",
+        format="pairs",
+        image_root=dataset.image_root,
+        split=split,
+        workers=0,
+        progress=False,
+    )
+    return build(config)
+
+
+def images_in_several_splits(dataset, out: Path, splits: tuple[str, ...]) -> set[str]:
+    """Independently of the build: each written key's CSV row, its images' file hashes, the splits using each."""
+    rows = list(csv.DictReader(dataset.input.read_text().splitlines()))
+    images = {f"row{number:06d}": (row["img1"], row["img2"]) for number, row in enumerate(rows, start=1)}
+    split_of: dict[str, set[str]] = {}
+    names: dict[str, set[str]] = {}
+    for split in splits:
+        for sample in streamed(out / split):
+            for name in images[sample.key]:
+                digest = hashlib.sha256((dataset.image_root / name).read_bytes()).hexdigest()
+                split_of.setdefault(digest, set()).add(split)
+                names.setdefault(digest, set()).add(name)
+    return {" = ".join(sorted(names[d])) for d, used in split_of.items() if len(used) > 1}
+
+
+@pytest.mark.parametrize("split", [SplitSpec.parse("train=0.6,val=0.4"), SplitSpec(folds=3, fold=1)])
+def test_random_pair_split_reports_images_in_several_splits(tmp_path, split, capsys):
+    dataset = make_dataset("pairs", tmp_path / "raw", n=40, seed=0)
+    report = build_pairs(tmp_path, dataset, split)
+    expected = images_in_several_splits(dataset, tmp_path / "out", ("train", "val"))
+    shared = report["images_in_several_splits"]
+    assert shared["count"] == len(expected) > 0
+    assert set(shared["examples"]) <= expected and len(shared["examples"]) == min(10, len(expected))
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["images_in_several_splits"] == shared
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert f"warning: {len(expected)} images" in markdown and "python -m data_shards pairs --scores" in markdown
+    assert "--split-by image" in markdown
+    print_summary(report, tmp_path / "out")
+    assert f"warning: {len(expected)} images" in capsys.readouterr().err
+
+
+def test_disjoint_pair_images_report_no_overlap(tmp_path):
+    dataset = make_dataset("pairs", tmp_path / "raw", n=40, seed=0)
+    lines = dataset.input.read_text().splitlines()
+    rows = list(csv.DictReader(lines))
+    counts = Counter(name for row in rows for name in (row["img1"], row["img2"]))
+    disjoint = [line for line, row in zip(lines[1:], rows) if counts[row["img1"]] == counts[row["img2"]] == 1]
+    dataset.input.write_text("\n".join([lines[0], *disjoint]) + "\n")
+    report = build_pairs(tmp_path, dataset, SplitSpec.parse("train=0.6,val=0.4"))
+    assert report["splits"]["val"]["samples"] > 0
+    assert report["images_in_several_splits"] == {"count": 0, "examples": []}
+    assert "warning" not in (tmp_path / "out" / "report.md").read_text()

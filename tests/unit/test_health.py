@@ -2,7 +2,6 @@
 our optimizer where DeepSpeed has none, and the DeepSpeed JSON switches that would turn them off."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from conftest import ROOT, run_process_group, training_env
 from trainer.config import deepspeed_json
 from trainer.config.fields import ConfigError
 from trainer.config.schema import load
-from trainer.distributed.world import free_port
+from trainer.distributed.launchers import torchrun_command
 from trainer.train.agreement import NonFiniteLossError, count_step
 from trainer.train.optim import FiniteAdamW
 from trainer.train.state import TrainerState
@@ -21,17 +20,7 @@ from trainer.train.state import TrainerState
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_every_engine_skips_the_step_of_a_nan_loss_on_one_rank_on_every_rank(tmp_path, torch_extensions):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(ROOT / "tests/unit/nonfinite_worker.py"),
-        str(tmp_path),
-    ]
+    command = torchrun_command(2, ROOT / "tests/unit/nonfinite_worker.py", [str(tmp_path)])
     result = run_process_group(command, {**training_env(), **torch_extensions}, timeout=800)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads(line) for rank in (0, 1) for line in (tmp_path / f"rank{rank}.jsonl").read_text().splitlines()]

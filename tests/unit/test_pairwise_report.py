@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import math
-import sys
 from itertools import combinations
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from PIL import Image
 from data_shards.sample import ImageData, Sample, Turn
 from data_shards.sources.common import SourceOptions
 from data_shards.write import shard_name, write_index, write_shard
-from trainer.distributed.world import free_port
+from trainer.distributed.launchers import torchrun_command
 from trainer.evaluate.aggregate import main as aggregate_main
 from trainer.evaluate.bradley_terry import fit
 from trainer.evaluate.pair_report import pairwise_summary
@@ -231,9 +230,8 @@ def pair_records(out: Path) -> dict[str, dict]:
 def test_two_ranks_gather_the_swapped_choices_and_items(tiny_llava, pair_split, tmp_path):
     arguments = ["--model", str(tiny_llava), "--shards", str(pair_split), "--max-new-tokens", "2", "--batch-size", "3"]
     assert main([*arguments, "--out", str(tmp_path / "one")]) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    evaluate = [str(ROOT / "launch/evaluate.py"), *arguments, "--out", str(tmp_path / "two")]
-    result = run_process_group([*torchrun, str(free_port()), *evaluate], training_env(), timeout=300)
+    command = torchrun_command(2, ROOT / "launch/evaluate.py", [*arguments, "--out", str(tmp_path / "two")])
+    result = run_process_group(command, training_env(), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     one, two = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two"))
     assert two["world_size"] == 2 and two["num_pairs"] == two["num_swap_checked"] == 10

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
-from trainer.distributed.world import free_port
+from trainer.distributed.launchers import deepspeed_command, torchrun_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,8 +16,7 @@ def run_training(config: Path, overrides: list[str], ranks: int) -> int:
         from trainer.train.cli import main
 
         return main(argv)
-    runner = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks)]
-    return subprocess.run([*runner, "--master_port", str(free_port()), str(ROOT / "launch/train.py"), *argv]).returncode
+    return subprocess.run(deepspeed_command(ranks, ROOT / "launch/train.py", argv)).returncode
 
 
 def run_evaluation(argv: list[str], ranks: int) -> int:
@@ -26,7 +24,4 @@ def run_evaluation(argv: list[str], ranks: int) -> int:
         from trainer.evaluate.run import main
 
         return main(argv)
-    runner = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks)]
-    return subprocess.run(
-        [*runner, "--master_port", str(free_port()), str(ROOT / "launch/evaluate.py"), *argv]
-    ).returncode
+    return subprocess.run(torchrun_command(ranks, ROOT / "launch/evaluate.py", argv)).returncode

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from data_shards.build import BuildConfig, build
 from data_shards.split import SplitSpec
 from data_shards.synthetic import make_dataset
 from data_shards.write import ShardLayout
-from trainer.distributed.world import free_port
+from trainer.distributed.launchers import deepspeed_command
 from trainer.testing.tiny import SMALL_IMAGE, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,15 +52,7 @@ def prepare_data(out: Path, samples: int) -> Path:
 
 
 def train(out: Path, base: Path, shards: Path, ranks: int, config: Path, overrides: list[str]) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        str(ranks),
-        "--master_port",
-        str(free_port()),
-        str(ROOT / "launch/train.py"),
+    arguments = [
         "--config",
         str(config),
         f"model.path={base}",
@@ -71,6 +62,7 @@ def train(out: Path, base: Path, shards: Path, ranks: int, config: Path, overrid
         "checkpoint.resume=none",
         *overrides,
     ]
+    command = deepspeed_command(ranks, ROOT / "launch/train.py", arguments)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
     subprocess.run(command, check=True, env=env, cwd=ROOT)
     return json.loads((out / "train" / "train_summary.json").read_text())
