@@ -7,6 +7,11 @@ P, rank r of W takes positions P + r, P + r + W, ... — every rank gets the sam
 by construction, and after a restart with a different world size the remaining samples are
 still exactly order[P:], none repeated, none skipped.
 
+A sample fraction f < 1 keeps round(f × N) samples (Python's round: the nearest integer, a tie to the even
+one; at least one), drawn once from the seed alone out of the split's global sample list (shard by shard,
+in the index's order): the same subset in every epoch and on every rank. Each epoch's order is the full
+order with the other samples taken out, so positions count within the subset and f = 1 is the full order.
+
 Within a rank, local item j goes to DataLoader worker (j // batch_size) % num_workers. PyTorch's
 DataLoader collects batches from workers round-robin, so the rank's batches come out in exactly
 the rank's local order whatever the worker count.
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 REMAINDERS = ("pad", "drop")
+SUBSET_STREAM = 0x5AB5E7  # the subset's random stream, [seed, SUBSET_STREAM]: no epoch counts this far
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,32 @@ class EpochOrder:
         return len(self.shard)
 
 
-def epoch_order(counts: list[int], seed: int, epoch: int, shuffle: bool, block_shards: int) -> EpochOrder:
+def subset_size(total: int, fraction: float) -> int:
+    """How many of `total` samples a sample fraction keeps: round(fraction × total), at least one."""
+    return total if fraction >= 1 else min(total, max(1, round(fraction * total)))
+
+
+def sample_subset(counts: list[int], fraction: float, seed: int) -> np.ndarray:
+    """Which global sample numbers (shard by shard, in `counts` order) the fraction keeps, as a mask."""
+    total = sum(counts)
+    chosen = np.random.default_rng([seed, SUBSET_STREAM]).choice(total, subset_size(total, fraction), replace=False)
+    keep = np.zeros(total, dtype=bool)
+    keep[chosen] = True
+    return keep
+
+
+def epoch_order(
+    counts: list[int], seed: int, epoch: int, shuffle: bool, block_shards: int, fraction: float = 1.0
+) -> EpochOrder:
+    order = full_epoch_order(counts, seed, epoch, shuffle, block_shards)
+    if fraction >= 1:
+        return order
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    kept = sample_subset(counts, fraction, seed)[first[order.shard] + order.sample]
+    return EpochOrder(order.shard[kept], order.sample[kept], order.block[kept])
+
+
+def full_epoch_order(counts: list[int], seed: int, epoch: int, shuffle: bool, block_shards: int) -> EpochOrder:
     shard_order = np.random.default_rng([seed, epoch]).permutation(len(counts)) if shuffle else np.arange(len(counts))
     shards, samples, blocks = [], [], []
     for block, start in enumerate(range(0, len(shard_order), block_shards)):

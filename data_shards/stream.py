@@ -28,7 +28,7 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_shards.index import INDEX_NAME, load_index
-from data_shards.order import EpochOrder, epoch_order, rank_positions, samples_per_rank, worker_items
+from data_shards.order import EpochOrder, epoch_order, rank_positions, samples_per_rank, subset_size, worker_items
 from data_shards.sample import Sample, SchemaError, from_members
 from data_shards.tario import CorruptShardError, iter_samples, members_in_range
 
@@ -132,10 +132,13 @@ class StreamConfig:
     remainder: str = "pad"
     decode: bool = True
     on_corrupt: str = "skip"
+    sample_fraction: float = 1.0  # a seeded subset, the same every epoch and on every rank (data_shards.order)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.block_shards < 1:
             raise ValueError(f"batch_size and block_shards must be >= 1, got {self.batch_size}, {self.block_shards}")
+        if not 0 < self.sample_fraction <= 1:
+            raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
         if self.on_corrupt not in POLICIES:
             raise ValueError(f"on_corrupt must be one of {POLICIES}, got {self.on_corrupt!r}")
         samples_per_rank(0, 0, 1, self.remainder)
@@ -165,14 +168,21 @@ class ShardStream(IterableDataset):
 
     @property
     def num_samples(self) -> int:
+        """Samples in the split's readable shards."""
         return sum(shard.samples for shard in self.shards)
+
+    @property
+    def epoch_samples(self) -> int:
+        """Samples in one epoch's order: all of them, or the `sample_fraction` subset."""
+        return subset_size(self.num_samples, self.config.sample_fraction)
 
     def order(self) -> EpochOrder:
         c = self.config
-        return epoch_order([s.samples for s in self.shards], c.seed, self.epoch, c.shuffle, c.block_shards)
+        counts = [s.samples for s in self.shards]
+        return epoch_order(counts, c.seed, self.epoch, c.shuffle, c.block_shards, c.sample_fraction)
 
     def __len__(self) -> int:
-        return samples_per_rank(self.num_samples, self.position, self.world_size, self.config.remainder)
+        return samples_per_rank(self.epoch_samples, self.position, self.world_size, self.config.remainder)
 
     def plan(self) -> list[tuple[str, int]]:
         """(shard name, index in shard) of every sample this rank reads, in order, from the position."""
@@ -367,13 +377,17 @@ class ShardLoader:
             "position": self.stream.position,
             "seed": self.stream.config.seed,
             "num_samples": self.stream.num_samples,
+            "sample_fraction": self.stream.config.sample_fraction,
             "world_size": self.stream.world_size,
             "fingerprint": self.stream.index.get("source", {}).get("fingerprint"),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mismatched = [key for key in ("seed", "num_samples", "fingerprint") if state.get(key) != self.state_dict()[key]]
+        saved = {"sample_fraction": 1.0, **state}  # states saved before sample_fraction read every sample
+        now = self.state_dict()
+        keys = ("seed", "num_samples", "sample_fraction", "fingerprint")
+        mismatched = [key for key in keys if saved.get(key) != now[key]]
         if mismatched:
-            details = ", ".join(f"{k}: saved {state.get(k)!r} now {self.state_dict()[k]!r}" for k in mismatched)
+            details = ", ".join(f"{k}: saved {saved.get(k)!r} now {now[k]!r}" for k in mismatched)
             raise ValueError(f"cannot resume the data stream, it changed ({details})")
         self.stream.epoch, self.stream.position = state["epoch"], state["position"]

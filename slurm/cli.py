@@ -19,7 +19,7 @@ Submit training to SLURM through submitit: one run, a k-fold array or a hyperpar
 
     python -m slurm.submit --config configs/demo.yaml --nodes 2 --gpus-per-node 8 --partition gpu \\
         --time 24:00:00 [--account A] [--qos Q] [--array-folds K | --grid key=v1,v2 ...] \\
-        [--max-requeues R] [--dry-run] [section.key=value ...]
+        [--max-requeues R] [--preset NAME] [--dry-run] [section.key=value ...]
 
 Process layout: ONE SLURM TASK PER GPU. The job asks for `--nodes N` with `--ntasks-per-node G`
 (G = `--gpus-per-node`; on CPU, `--gpus-per-node 0`, it is `--tasks-per-node`, default 1) and
@@ -78,6 +78,11 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m slurm.submit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     root.add_argument("--config", type=Path, required=True, help="YAML recipe (see configs/)")
+    root.add_argument(
+        "--preset",
+        metavar="NAME|PATH",
+        help="defaults under the recipe (preset < --config < overrides), as in launch/train.py; = train.preset=...",
+    )
     root.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
     root.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node = tasks per node (0: a CPU job)")
     root.add_argument("--tasks-per-node", type=int, help="CPU jobs only: processes per node (default 1)")

@@ -146,8 +146,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
     from trainer.config.schema import ConfigError, load
 
     problems = validate(args)
+    overrides = [*args.overrides, *([f"train.preset={args.preset}"] if args.preset else [])]
     try:
-        base = load(args.config, args.overrides)
+        base = load(args.config, overrides)
     except ConfigError as error:
         raise RequestError(problems + [f"--config {args.config}: {p}" for p in error.problems]) from None
     if problems:
@@ -161,13 +162,13 @@ def build_plan(args: argparse.Namespace) -> Plan:
     for run in runs:
         try:
             resolved.append(
-                to_dict(load(args.config, [*args.overrides, *run.overrides, "checkpoint.resume=auto"]), redact=True)
+                to_dict(load(args.config, [*overrides, *run.overrides, "checkpoint.resume=auto"]), redact=True)
             )
         except ConfigError as error:
             problems += [f"run {run.name or run.output_dir}: {p}" for p in error.problems]
     if problems:
         raise RequestError(problems)
-    full = [RunSpec(run.name, run.output_dir, (*args.overrides, *run.overrides)) for run in runs]
+    full = [RunSpec(run.name, run.output_dir, (*overrides, *run.overrides)) for run in runs]
     log_dir = str(Path(args.log_dir or Path(base.train.output_dir) / "slurm").absolute()) + "/%j"
     return Plan(
         str(args.config),

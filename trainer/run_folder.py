@@ -3,12 +3,16 @@
     {run}/config.resolved.json          the resolved (redacted) training config
     {run}/metrics.jsonl                 one line per logged step (rank 0)
     {run}/train_summary.json            what the finished run reports
+    {run}/history.png                   loss, learning rate, eval metrics and grad norm by step (rank 0, at the end)
     {run}/wandb_run_id.txt              the W&B run a resumed job continues
     {run}/audit/                        gradient audit tables and plots (`train.audit_every`, rank 0)
     {run}/checkpoints/latest            names the newest complete checkpoint, replaced atomically
     {run}/checkpoints/best.json         the best checkpoint by `checkpoint.best_metric`
     {run}/checkpoints/step00000100/     DeepSpeed's files, trainer_state.json, trainer_state_rank{r}.pt,
                                         adapter/ (PEFT, with a copy of the run config), then `complete`
+
+A checkpoint is named the same way everywhere (`--checkpoint` of export, evaluate and predict,
+`checkpoint.resume`, k-fold evaluation): `resolve_checkpoint` reads `RUN:best`, `RUN:latest` and a bare RUN.
 
 Pure pathlib, no torch: the SLURM submitter imports it on a login node.
 """
@@ -24,6 +28,7 @@ RUN_CONFIG = "config.resolved.json"
 METRICS = "metrics.jsonl"
 WANDB_ID = "wandb_run_id.txt"
 SUMMARY = "train_summary.json"
+HISTORY = "history.png"
 CHECKPOINTS = "checkpoints"
 AUDIT = "audit"
 LATEST = "latest"
@@ -91,6 +96,10 @@ class RunFolder:
         return self.root / SUMMARY
 
     @property
+    def history(self) -> Path:
+        return self.root / HISTORY
+
+    @property
     def wandb_id(self) -> Path:
         return self.root / WANDB_ID
 
@@ -128,7 +137,45 @@ class RunFolder:
         return json.loads(self.run_config.read_text()) if self.run_config.exists() else {}
 
 
-def newest_checkpoint(path: Path) -> Path:
-    """A run folder's latest checkpoint; any other path as it is."""
-    latest = RunFolder(Path(path)).latest()
-    return latest.path if latest else Path(path)
+class CheckpointError(ValueError):
+    """A named checkpoint that cannot be used; the message names the run and why."""
+
+
+SELECTORS = ("best", "latest")
+
+
+def resolve_checkpoint(text: str | Path) -> Path:
+    """The folder a checkpoint name means: `RUN:best` (the tag in best.json), `RUN:latest` or a bare run folder
+    (the tag in checkpoints/latest); any other path (a checkpoint or adapter folder) as it is. A path may hold a
+    ':', so only a trailing `:best` / `:latest` selects, and only when the whole text is no existing path."""
+    path = Path(text)
+    run, _, which = str(text).rpartition(":")
+    if which in SELECTORS and run and not path.exists():
+        return selected(RunFolder(Path(run)), which)
+    if (path / CHECKPOINTS / LATEST).exists():
+        return selected(RunFolder(path), LATEST)
+    return path
+
+
+def selected(run: RunFolder, which: str) -> Path:
+    """The complete checkpoint that `best.json` or `latest` of `run` names."""
+    if not run.checkpoints.is_dir():
+        why = f"is not a run folder (no {CHECKPOINTS}/)" if run.root.is_dir() else "does not exist"
+        raise CheckpointError(f"run {run.root} {why}")
+    if which == "best":
+        named, best = f"{CHECKPOINTS}/{BEST}", run.best()
+        if best is None:
+            raise CheckpointError(
+                f"run {run.root} has no best checkpoint: checkpoint.best_metric was not set or never evaluated "
+                f"(no {named})"
+            )
+        tag = best["tag"]
+    else:
+        named, tag = f"{CHECKPOINTS}/{LATEST}", run.latest_tag()
+        if not tag:
+            raise CheckpointError(f"run {run.root} has no latest checkpoint: none was completed (no {named})")
+    checkpoint = run.checkpoint(tag)
+    if not checkpoint.is_complete:
+        why = "incomplete (no complete marker)" if checkpoint.path.is_dir() else "missing"
+        raise CheckpointError(f"run {run.root}: {named} names {tag}, which is {why}")
+    return checkpoint.path

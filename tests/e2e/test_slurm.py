@@ -223,6 +223,14 @@ def test_fold_submission_plan_is_one_array(tmp_path, no_cluster):
         build_plan(args)
 
 
+def test_preset_reaches_every_run_under_the_recipe(no_cluster):
+    plan = plan_for("--gpus-per-node", "0", "--preset", "quick-test", "--grid", "optimizer.lr=1e-4,2e-4")
+    assert [r["train"]["preset"] for r in plan.resolved] == ["quick-test"] * 2
+    assert [(r["train"]["max_steps"], r["train"]["micro_batch_size"]) for r in plan.resolved] == [(20, 8)] * 2
+    assert [r["checkpoint"]["resume"] for r in plan.resolved] == ["auto"] * 2  # submitted runs always resume
+    assert all("train.preset=quick-test" in run.overrides for run in plan.runs)  # so each task's argv applies it
+
+
 def test_checkpoint_requeues_itself_until_max_requeues(monkeypatch):
     import cloudpickle
 

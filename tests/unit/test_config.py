@@ -129,3 +129,10 @@ def test_user_json_contradicting_the_config_is_refused(tmp_path):
 
 def test_dataclass_defaults_are_valid():
     assert isinstance(load(None, REQUIRED), TrainConfig)
+
+
+@pytest.mark.parametrize("fraction", ["0", "-0.5", "1.5"])
+def test_sample_fraction_outside_zero_to_one_is_refused(fraction):
+    with pytest.raises(ConfigError, match=rf"data.sample_fraction: must be in \(0, 1\], got {float(fraction)}"):
+        load(None, [*REQUIRED, f"data.sample_fraction={fraction}"])
+    assert load(None, [*REQUIRED, "data.sample_fraction=1"]).data.sample_fraction == 1.0

@@ -8,6 +8,7 @@ so what comes out of the loader can be traced back to what was written.
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import tarfile
 import traceback
@@ -681,3 +682,113 @@ def test_without_decode_images_stay_encoded_bytes(even):
 def test_rank_outside_the_world_is_refused(even, rank, world):
     with pytest.raises(ValueError, match=f"rank {rank} is outside world size {world}"):
         open_stream(even.path, rank=rank, world=world)
+
+
+# ----------------------------------------------------------------------------- 11. sample fraction
+
+# The quarter of the even split that seed 11 keeps, round(0.25 × 28) = 7 samples drawn once from the seed alone
+# (data_shards.order.sample_subset), in its epoch-0 order with block_shards 2: SEED11 with every other sample taken out.
+SEED11_QUARTER = "25 22 | 10 21 16 17 | 6"
+
+
+def subset(split: Split, **config) -> set[str]:
+    return set(split.plan_keys(open_stream(split.path, decode=False, **config)))
+
+
+@pytest.mark.parametrize(
+    "fraction, dataset, size",
+    [(0.25, "even", 7), (0.5, "odd", 14), (0.375, "even", 10), (0.3, "odd", 8), (0.01, "even", 1), (1.0, "odd", 27)],
+)
+def test_sample_fraction_keeps_round_f_times_n_samples(request, fraction, dataset, size):
+    """round(f × n) by Python's round, a tie going to the even integer (13.5 → 14, 10.5 → 10); at least one."""
+    split = request.getfixturevalue(dataset)
+    stream = open_stream(split.path, seed=5, sample_fraction=fraction, decode=False)
+    assert stream.epoch_samples == len(stream) == size and stream.num_samples == len(split.keys)
+    keys = split.plan_keys(stream)
+    assert len(keys) == len(set(keys)) == size and set(keys) <= set(split.keys)
+
+
+def test_sample_fraction_is_the_fixed_reference_and_one_is_the_full_order(even):
+    quarter = reference(SEED11_QUARTER)
+    config = dict(seed=11, block_shards=2, decode=False)
+    assert even.plan_keys(open_stream(even.path, sample_fraction=0.25, **config)) == quarter
+    assert [key for key in reference(SEED11) if key in quarter] == quarter  # the full order, the others taken out
+    assert even.plan_keys(open_stream(even.path, sample_fraction=1.0, **config)) == reference(SEED11)
+
+
+@pytest.mark.parametrize("world, fraction", [(2, 0.5), (3, 0.75), (7, 0.25)])
+def test_sample_fraction_subset_is_the_same_on_every_rank(even, world, fraction):
+    config = dict(batch_size=2, seed=3, block_shards=2, sample_fraction=fraction, decode=False)
+    whole = even.plan_keys(open_stream(even.path, **config))
+    ranks = [flat(batches) for batches in read_ranks(even, world, 0, **config)]
+    assert [len(keys) for keys in ranks] == [len(whole) // world] * world
+    assert [ranks[i % world][i // world] for i in range(len(whole))] == whole  # rank r reads r, r + W, ... of it
+
+
+def test_sample_fraction_pads_ranks_to_equal_counts_within_the_subset(even):
+    config = dict(batch_size=2, seed=3, sample_fraction=0.5, decode=False)  # 14 samples on 3 ranks: 5 each
+    ranks = [flat(batches) for batches in read_ranks(even, 3, 0, **config)]
+    assert [len(keys) for keys in ranks] == [5, 5, 5]
+    assert set(flat(ranks)) == subset(even, seed=3, sample_fraction=0.5)
+
+
+def test_sample_fraction_subset_follows_the_seed(even):
+    chosen = subset(even, seed=11, sample_fraction=0.25)
+    assert chosen == set(reference(SEED11_QUARTER)) == subset(even, seed=11, block_shards=5, sample_fraction=0.25)
+    assert subset(even, seed=12, sample_fraction=0.25) != chosen
+
+
+def test_sample_fraction_subset_is_stable_across_epochs_its_order_is_not(even):
+    config = dict(seed=11, block_shards=2, decode=False)
+    stream, full = open_stream(even.path, sample_fraction=0.25, **config), open_stream(even.path, **config)
+    stream.epoch = full.epoch = 1
+    epoch1 = even.plan_keys(stream)
+    assert set(epoch1) == set(reference(SEED11_QUARTER)) and epoch1 != reference(SEED11_QUARTER)
+    assert epoch1 == [key for key in even.plan_keys(full) if key in epoch1]
+
+
+def test_sample_fraction_resume_mid_epoch_continues_within_the_subset(even):
+    config = dict(batch_size=2, seed=6, block_shards=2, sample_fraction=0.5, decode=False)
+    uninterrupted = [read_batches(open_loader(even.path, rank, 2, **config)) for rank in range(2)]
+    states, before = [], []
+    for rank in range(2):
+        loader = open_loader(even.path, rank, 2, **config)
+        before.append(take(loader, 2))
+        states.append(loader.state_dict())
+    assert states[0] == states[1] and (states[0]["position"], states[0]["sample_fraction"]) == (8, 0.5)
+    for rank in range(2):
+        resumed = open_loader(even.path, rank, 2, **config)
+        resumed.load_state_dict(states[0])
+        assert before[rank] + read_batches(resumed) == uninterrupted[rank]
+    assert {key for batches in uninterrupted for key in flat(batches)} == subset(even, seed=6, sample_fraction=0.5)
+
+    with pytest.raises(ValueError, match="sample_fraction: saved 0.5 now 0.25"):
+        open_loader(even.path, **{**config, "sample_fraction": 0.25}).load_state_dict(states[0])
+    saved_before_fractions = {key: value for key, value in states[0].items() if key != "sample_fraction"}
+    whole = open_loader(even.path, 0, 2, **{**config, "sample_fraction": 1.0})
+    whole.load_state_dict(saved_before_fractions)
+    assert whole.stream.position == 8
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
+def test_sample_fraction_outside_zero_to_one_is_refused_by_the_stream(fraction):
+    with pytest.raises(ValueError, match=r"sample_fraction must be in \(0, 1\]"):
+        StreamConfig(sample_fraction=fraction)
+
+
+def test_training_loader_takes_the_fraction_logs_it_and_plans_its_steps(even, caplog):
+    """The trainer's loaders: data.sample_fraction thins the training (shuffled) loader only, once, on the log."""
+    from trainer.config.schema import load
+    from trainer.distributed.world import WorldInfo
+    from trainer.train.loaders import make_loader, planned_steps
+
+    overrides = ["model.path=m", f"data.train={even.path}", "data.num_workers=0", "train.micro_batch_size=2"]
+    config = load(None, [*overrides, "data.sample_fraction=0.5", "train.epochs=3"])
+    world = WorldInfo(0, 0, 2, 2, "127.0.0.1", 29500, "test")
+    with caplog.at_level(logging.INFO, logger="shardtune"):
+        train = make_loader(config, world, str(even.path), None, shuffle=True)
+    assert caplog.messages == ["data.sample_fraction=0.5: 14 of 28 training samples"]
+    evaluation = make_loader(config, world, str(even.path), None, shuffle=False)
+    assert (len(train.stream), len(evaluation.stream)) == (7, 14)
+    assert planned_steps(config, train.stream) == 3 * 4  # 7 samples per rank: 4 micro-batches of 2, per epoch
+    assert planned_steps(config, evaluation.stream) == 3 * 7

@@ -2,7 +2,8 @@
 
 A config is a tree of dataclasses whose fields carry `metadata={"help": ...}` (use `option()`).
 `load_config` merges defaults ← YAML ← `section.key=value` overrides, checks every value against
-its annotation and its choices, and raises one `ConfigError` listing every bad key.
+its annotation and its choices, and raises one `ConfigError` listing every bad key. `read_values` and
+`check_config` are its two halves, for a loader that layers more values (a preset) in between.
 """
 
 from __future__ import annotations
@@ -105,11 +106,22 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def load_config(cls: type, yaml_path: Path | None = None, overrides: list[str] | None = None):
     """Defaults ← YAML ← overrides, checked; raises ConfigError naming every bad key at once."""
+    values, problems = read_values(yaml_path, overrides)
+    return check_config(cls, values, problems)
+
+
+def read_values(yaml_path: Path | None, overrides: list[str] | None) -> tuple[dict[str, Any], list[str]]:
+    """The flat `section.key` values of a YAML file updated by overrides, and the malformed overrides."""
     values = flatten(load_yaml(yaml_path)) if yaml_path else {}
     override_values, problems = parse_overrides(overrides or [])
     values.update(override_values)
+    return values, problems
+
+
+def check_config(cls: type, values: dict[str, Any], problems: list[str]):
+    """The config of flat values over the defaults, checked; raises ConfigError naming every bad key at once."""
     leaves = {key: (f, kind) for key, f, kind in walk_fields(cls)}
-    problems += [f"{key}: unknown key{suggestion(key, leaves)}" for key in values if key not in leaves]
+    problems = problems + [f"{key}: unknown key{suggestion(key, leaves)}" for key in values if key not in leaves]
     checked = {}
     for key, value in values.items():
         if key in leaves:

@@ -1,6 +1,7 @@
 """The one training configuration: every key typed, documented and defaulted; YAML and `a.b=c` override it.
 
-`python launch/train.py --help` prints every key. Cross-field rules live in `TrainConfig.problems()`.
+`python launch/train.py --help` prints every key. Cross-field rules live in `TrainConfig.problems()`. A preset
+(`train.preset`, `trainer.config.presets`) is layered under the YAML: defaults ← preset ← YAML ← overrides.
 """
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config.fields import ConfigError, describe, load_config, option, to_dict
+from trainer.config import presets
+from trainer.config.fields import ConfigError, check_config, describe, option, read_values, to_dict, walk_fields
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 OBJECTIVES = ("lm", "choice")
@@ -50,6 +52,11 @@ class DataSection:
         help="assistant turns trained on: every one, or only the last of each conversation",
         choices=("all", "last"),
     )
+    sample_fraction: float = option(
+        1.0,
+        help="train on a seeded subset of data.train, round(f × samples) of them (0 < f <= 1): train.seed picks "
+        "it, the same on every rank and in every epoch; data.val is read whole",
+    )
     choices: list[str] = option(factory=list, help="the closed answer set of train.objective=choice, e.g. [A, B]")
     swap_choices: list[str] = option(
         factory=list,
@@ -60,6 +67,11 @@ class DataSection:
 
 @dataclass
 class TrainSection:
+    preset: str = option(
+        "",
+        help=f"defaults layered under the recipe (preset < YAML < overrides): {', '.join(presets.available())} "
+        "(configs/presets/) or a YAML file's path; kept in the resolved config",
+    )
     output_dir: str = option("runs/train", help="run folder: checkpoints, metrics.jsonl, resolved config")
     micro_batch_size: int = option(1, help="samples per rank per forward pass")
     grad_accum: int = option(1, help="micro batches per optimizer step")
@@ -204,6 +216,8 @@ class TrainConfig:
                 found.append(f"{key}: must be >= 1, got {value}")
         if self.train.max_steps < 0 or self.train.epochs < 1 and self.train.max_steps == 0:
             found.append("train.max_steps / train.epochs: set max_steps > 0 or epochs >= 1")
+        if not 0 < self.data.sample_fraction <= 1:
+            found.append(f"data.sample_fraction: must be in (0, 1], got {self.data.sample_fraction}")
         if self.optimizer.lr <= 0:
             found.append(f"optimizer.lr: must be positive, got {self.optimizer.lr}")
         half = {"bf16": "bfloat16", "fp16": "float16"}.get(self.train.precision)
@@ -239,7 +253,12 @@ class TrainConfig:
 
 
 def load(yaml_path: Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    return load_config(TrainConfig, yaml_path, overrides)
+    """Defaults ← the preset named by `train.preset` (in the YAML or an override) ← YAML ← overrides, checked."""
+    values, problems = read_values(yaml_path, overrides)
+    preset = values.get(presets.KEY)
+    if preset and isinstance(preset, str):  # any other value is refused by check_config, naming the key
+        values = {**presets.preset_values(preset, {key for key, _, _ in walk_fields(TrainConfig)}), **values}
+    return check_config(TrainConfig, values, problems)
 
 
 def help_text() -> str:

@@ -13,7 +13,7 @@ from trainer.models.dtypes import DTYPES
 from trainer.models.loading import four_bit_config
 from trainer.models.mllama_fix import mask_image_free_rows
 from trainer.models.processor import load_processor
-from trainer.run_folder import ADAPTER, ADAPTER_CONFIG, RUN_CONFIG, Checkpoint, newest_checkpoint
+from trainer.run_folder import ADAPTER, ADAPTER_CONFIG, RUN_CONFIG, Checkpoint, CheckpointError, resolve_checkpoint
 
 
 class UsageError(ValueError):
@@ -46,7 +46,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--checkpoint",
         type=Path,
-        help="a training run folder (its latest checkpoint), a checkpoint folder, or an adapter folder",
+        help="a training run folder (its latest checkpoint), RUN:best or RUN:latest, a checkpoint folder, "
+        "or an adapter folder",
     )
     group.add_argument("--base", help="base model of --checkpoint (default: the run's config.resolved.json model.path)")
     group.add_argument(
@@ -75,10 +76,14 @@ def source_from_args(args: argparse.Namespace) -> ModelSource:
 
 
 def find_adapter(path: Path) -> Path:
-    """The adapter folder of a run folder (its latest checkpoint), a checkpoint folder, or an adapter folder."""
+    """The adapter folder of a run folder (its latest checkpoint, or `RUN:best`), a checkpoint folder, or an
+    adapter folder."""
+    try:
+        path = resolve_checkpoint(path)
+    except CheckpointError as error:
+        raise UsageError(f"--checkpoint {path}: {error}") from None
     if not path.is_dir():
         raise UsageError(f"--checkpoint {path}: no such folder")
-    path = newest_checkpoint(path)
     if (path / ADAPTER / ADAPTER_CONFIG).exists():
         path = path / ADAPTER
     if not (path / ADAPTER_CONFIG).exists():

@@ -2,7 +2,7 @@
 full fine-tuning ZeRO checkpoint, then check the result against the model it came from.
 
 `python launch/merge_lora.py --checkpoint CKPT --out OUT` (see --help). CKPT is a run folder (its
-newest checkpoint), a checkpoint folder or a PEFT adapter folder. The phases:
+newest checkpoint), `RUN:best` or `RUN:latest`, a checkpoint folder or a PEFT adapter folder. The phases:
   1. merge, in fp32: base + adapter → `merge_and_unload`; for QLoRA the adapter was trained against
      the 4-bit weights, so it is merged into the dequantised 4-bit weights, not the original ones;
      a checkpoint without adapter is consolidated from DeepSpeed's ZeRO-2/3 files, one tensor at a time;
@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         required=True,
-        help="run folder (its newest checkpoint), checkpoint folder, or PEFT adapter folder",
+        help="run folder (its newest checkpoint), RUN:best or RUN:latest, checkpoint folder, or PEFT adapter folder",
     )
     root.add_argument("--base", help="base model folder or hub id (default: model.path of the run's config)")
     root.add_argument("--out", type=Path, required=True, help="output folder: absent or empty, unless --force")

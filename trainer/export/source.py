@@ -1,4 +1,5 @@
-"""What to export: a run folder, checkpoint folder or adapter folder → its kind, adapter and training config."""
+"""What to export: a run folder (`RUN`, `RUN:best`, `RUN:latest`), checkpoint folder or adapter folder → its kind,
+adapter and training config."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from trainer.run_folder import (
     LATEST,
     RUN_CONFIG,
     Checkpoint,
-    newest_checkpoint,
+    CheckpointError,
+    resolve_checkpoint,
 )
 
 
@@ -40,8 +42,11 @@ class Source:
 
 
 def resolve_source(path: Path) -> Source:
-    """A run folder (its latest checkpoint), a checkpoint folder or a PEFT adapter folder."""
-    path = newest_checkpoint(Path(path))
+    """A run folder (its latest checkpoint, or `RUN:best`), a checkpoint folder or a PEFT adapter folder."""
+    try:
+        path = resolve_checkpoint(path)
+    except CheckpointError as error:
+        raise ExportError(f"--checkpoint {path}: {error}") from None
     if (path / ADAPTER_CONFIG).exists():
         if path.name == ADAPTER and Checkpoint(path.parent).is_complete:  # a checkpoint's own adapter
             return with_kind(path.parent, path, run_config_in(Checkpoint(path.parent).run.root))

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from slurm.plan import RunSpec, fold_runs
-from trainer.run_folder import RunFolder
+from trainer.run_folder import CheckpointError, RunFolder, resolve_checkpoint
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,9 +75,10 @@ def evaluate_folds(args: argparse.Namespace, runs: list[RunSpec]) -> int:
 
     reports = []
     for run in runs:
-        checkpoint = chosen_checkpoint(RunFolder(Path(run.output_dir)), args.checkpoint)
-        if checkpoint is None:
-            print(f"error: {run.output_dir}: no complete checkpoint to evaluate", file=sys.stderr)
+        try:
+            checkpoint = chosen_checkpoint(RunFolder(Path(run.output_dir)), args.checkpoint)
+        except CheckpointError as error:
+            print(f"error: {run.name}: no checkpoint to evaluate: {error}", file=sys.stderr)
             return 2
         out = args.out / run.name
         options = [
@@ -95,7 +96,6 @@ def evaluate_folds(args: argparse.Namespace, runs: list[RunSpec]) -> int:
     return aggregate.main(["--reports", *reports, "--out", str(args.out)])
 
 
-def chosen_checkpoint(run: RunFolder, which: str) -> Path | None:
-    best = run.best() if which == "best" else None
-    checkpoint = run.checkpoint(best["tag"]) if best else run.latest()
-    return checkpoint.path if checkpoint is not None and checkpoint.is_complete else None
+def chosen_checkpoint(run: RunFolder, which: str) -> Path:
+    """`RUN:best`, or `RUN:latest` where asked for or where no best was chosen (`checkpoint.best_metric` unset)."""
+    return resolve_checkpoint(f"{run.root}:{which if run.best() else 'latest'}")

@@ -17,7 +17,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainer.run_folder import RUN_CONFIG, Checkpoint, RunFolder, newest_checkpoint, tag_for, write_atomic
+from trainer.run_folder import (
+    RUN_CONFIG,
+    Checkpoint,
+    CheckpointError,
+    RunFolder,
+    resolve_checkpoint,
+    tag_for,
+    write_atomic,
+)
 from trainer.train.state import TrainerState, rng_state, set_rng_state
 
 log = logging.getLogger("shardtune")
@@ -83,13 +91,19 @@ class CheckpointManager:
         return self.run.latest_tag()
 
     def resolve(self, resume: str) -> Path | None:
-        """The checkpoint directory to resume from: `auto` (latest, if any), `none`, or a path."""
+        """The checkpoint directory to resume from: `auto` (latest, if any), `none`, `RUN:best`, `RUN:latest`,
+        or a path (a run folder means its latest)."""
         if resume == "none":
             return None
         if resume == "auto":
             latest = self.run.latest()
             return latest.path if latest else None
-        checkpoint = Checkpoint(newest_checkpoint(Path(resume)))
+        try:
+            checkpoint = Checkpoint(resolve_checkpoint(resume))
+        except CheckpointError as error:
+            raise FileNotFoundError(f"checkpoint.resume={resume}: {error}") from None
+        if not checkpoint.path.exists():
+            raise FileNotFoundError(f"checkpoint.resume: {resume} does not exist")
         if not checkpoint.is_complete:
             raise FileNotFoundError(f"checkpoint.resume={resume}: {checkpoint.path} is not a complete checkpoint")
         return checkpoint.path

@@ -1,4 +1,8 @@
-"""`launch/train.py`: parse `--config C [section.key=value ...]`, discover the world, train.
+"""`launch/train.py`: parse `[--preset P] --config C [section.key=value ...]`, discover the world, train.
+
+Layers, each over the one before: the defaults below < the preset (`--preset NAME|PATH`, a partial config from
+configs/presets/; = `train.preset=P`) < the recipe (`--config`) < `section.key=value` overrides. A preset only
+fills what the recipe leaves unset: to force one of its values over the recipe, pass it as an override.
 
 Works under `deepspeed launch/train.py`, `torchrun --nproc_per_node N launch/train.py` and plain
 `python launch/train.py` (a single process); `--local_rank` from older launchers is accepted. Options and
@@ -14,6 +18,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from trainer.config import presets
 from trainer.config.schema import ConfigError, help_text, load
 from trainer.distributed.world import world_from_env
 from trainer.train.callbacks import load_callbacks
@@ -27,7 +32,12 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     root.add_argument("--config", type=Path, help="YAML recipe (see configs/)")
-    root.add_argument("--resume", help="shortcut for checkpoint.resume=auto|none|PATH")
+    root.add_argument(
+        "--preset",
+        metavar="NAME|PATH",
+        help=f"defaults under the recipe: {', '.join(presets.available())} or a YAML path (= train.preset=...)",
+    )
+    root.add_argument("--resume", help="shortcut for checkpoint.resume=auto|none|RUN:best|RUN:latest|PATH")
     root.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     root.add_argument("overrides", nargs="*", help="section.key=value, e.g. optimizer.lr=2e-5")
     return root
@@ -36,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)  # `--config C a.b=1 --resume auto c.d=2` too
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+    overrides += [f"{presets.KEY}={args.preset}"] if args.preset else []
     from trainer.train.audit import audit_callbacks  # these two import torch: not for --help
     from trainer.train.preflight import preflight
 

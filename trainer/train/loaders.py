@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 from data_shards.order import samples_per_rank
@@ -17,6 +18,8 @@ from trainer.distributed.world import WorldInfo
 from trainer.evaluate.generation import EvalCollator
 from trainer.models.families.rules import packing_problem
 from trainer.train.objectives import ChoiceLoss, LanguageModelLoss
+
+log = logging.getLogger("shardtune")
 
 
 def make_collator(processor, model, config: TrainConfig, world_size: int = 1) -> Collator:
@@ -58,6 +61,7 @@ def make_objective(config: TrainConfig, collator: Collator):
 
 
 def make_loader(config: TrainConfig, world: WorldInfo, source: str, collate, shuffle: bool) -> ShardLoader:
+    """The training loader (`shuffle`, a `data.sample_fraction` subset) or an evaluation one (every sample)."""
     data = config.data
     stream_config = StreamConfig(
         batch_size=config.train.micro_batch_size,
@@ -65,17 +69,26 @@ def make_loader(config: TrainConfig, world: WorldInfo, source: str, collate, shu
         shuffle=shuffle,
         block_shards=data.block_shards,
         on_corrupt=data.on_corrupt,
+        sample_fraction=data.sample_fraction if shuffle else 1.0,
     )
     stream = ShardStream(
         source, index=data.index or None, config=stream_config, rank=world.rank, world_size=world.world_size
     )
+    if stream_config.sample_fraction < 1:  # INFO reaches the console on rank 0 only (the trainer's logging)
+        log.info(
+            "data.sample_fraction=%g: %d of %d training samples",
+            data.sample_fraction,
+            stream.epoch_samples,
+            stream.num_samples,
+        )
     return ShardLoader(stream, num_workers=data.num_workers, collate_fn=collate)
 
 
 def planned_steps(config: TrainConfig, stream: ShardStream) -> int:
-    """`train.max_steps`, or the optimizer steps of `train.epochs` whole epochs (equal on every rank)."""
+    """`train.max_steps`, or the optimizer steps of `train.epochs` whole epochs (equal on every rank); an epoch is
+    a pass over the `data.sample_fraction` subset."""
     if config.train.max_steps:
         return config.train.max_steps
-    per_rank = samples_per_rank(stream.num_samples, 0, stream.world_size, stream.config.remainder)
+    per_rank = samples_per_rank(stream.epoch_samples, 0, stream.world_size, stream.config.remainder)
     micro_batches = math.ceil(per_rank / stream.config.batch_size)
     return max(1, config.train.epochs * micro_batches // config.train.grad_accum)

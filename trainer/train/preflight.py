@@ -201,11 +201,9 @@ def output_dir_problems(path: str) -> list[str]:
 
 
 def resume_problems(resume: str, output_dir: str) -> list[str]:
-    """A checkpoint path (not auto/none) exists and is complete, as `CheckpointManager.resolve` will require."""
+    """A named checkpoint (not auto/none) exists and is complete, as `CheckpointManager.resolve` will require."""
     if resume in ("auto", "none"):
         return []
-    if not Path(resume).exists():
-        return [f"checkpoint.resume: {resume} does not exist"]
     try:
         CheckpointManager(Path(output_dir), 0, 0, "", "min").resolve(resume)
     except FileNotFoundError as error:

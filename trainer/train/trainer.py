@@ -34,6 +34,7 @@ from trainer.run_folder import RunFolder
 from trainer.train.agreement import StepAgreement, count_step
 from trainer.train.callbacks import Callback
 from trainer.train.checkpoints import CheckpointManager, save_adapter
+from trainer.train.history import plot_history
 from trainer.train.loaders import make_collator, make_loader, make_objective, planned_steps
 from trainer.train.metrics import commit, learning_rates, new_pending, new_window, step_metrics
 from trainer.train.objectives import ChoiceLoss
@@ -319,4 +320,5 @@ class Trainer:
         if self.world.is_main:
             self.run_folder.summary.write_text(json.dumps(summary, indent=1))
             self.tracker.summary(summary)
+            plot_history(self.run_folder)
         return summary
