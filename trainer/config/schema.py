@@ -164,7 +164,9 @@ class CheckpointSection:
     keep_last: int = option(2, help="checkpoints kept besides the best")
     best_metric: str = option("", help="eval metric that picks the best checkpoint (empty: none)")
     best_mode: str = option("min", help="whether lower or higher is better", choices=("min", "max"))
-    resume: str = option("auto", help="auto (latest in output_dir, if any), none, or a checkpoint path")
+    resume: str = option(
+        "auto", help="auto (latest in output_dir, if any), none, a checkpoint path, or RUN:best / RUN:latest"
+    )
 
 
 @dataclass
