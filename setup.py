@@ -24,6 +24,7 @@ setup(
         "submitit>=1.5",
         "matplotlib>=3.7",
         "psutil>=5.9",
+        "pyarrow>=15",  # data_shards: Hugging Face parquet and save_to_disk (arrow) datasets
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.15,<0.18"],

@@ -26,7 +26,8 @@ from data_shards.images import ImagePolicy
 from data_shards.records import RawSample, Reject
 from data_shards.report import build_report, dataset_stats, write_report
 from data_shards.sources import Source, SourceOptions, open_source
-from data_shards.split import SplitSpec, assign_splits, explicit_groups, image_groups
+from data_shards.split import SplitSpec, assign_splits, explicit_groups, image_groups, source_splits
+from data_shards.split_time import gap_rejects
 from data_shards.validate import CheckedSample, check_sample, materialise
 from data_shards.write import ShardInfo, ShardLayout, plan_shards, shard_name, write_index, write_shard
 
@@ -65,6 +66,9 @@ def build(config: BuildConfig) -> dict[str, Any]:
     deduped = dedupe(checked, config.keep_duplicates)
     kept, rejects = deduped.kept, rejects + deduped.rejects
     splits = split_samples(kept, config)
+    if config.split.by == "time":
+        kept, dropped = gap_rejects(kept, splits, config.split.gap)
+        rejects += dropped
     write_rejects(config.out / REJECTS_NAME, rejects)
     header = index_header(source, config, kept)
     shard_infos = {}
@@ -95,16 +99,19 @@ def run_parallel(function: Callable, items: list, workers: int, desc: str, progr
 
 
 def split_samples(kept: list[CheckedSample], config: BuildConfig) -> dict[str, list[CheckedSample]]:
+    if config.split.by == "source":
+        return source_splits(kept, [s.raw.split for s in kept], [s.raw.origin for s in kept])
     labels = [s.raw.label for s in kept]
     if config.split.by == "image":
         groups = image_groups([[i.source_sha256 for i in s.images] for s in kept], [s.raw.group for s in kept])
     else:
         groups = explicit_groups([s.raw.group for s in kept])
-    names = assign_splits(labels, groups, config.split, config.seed)
+    names = assign_splits(labels, groups, config.split, config.seed, [s.raw.extra.get("frame_index") for s in kept])
     order = [name for name, _ in config.split.ratios] if config.split.folds is None else ["train", "val"]
     splits: dict[str, list[CheckedSample]] = {name: [] for name in order}
     for sample, name in zip(kept, names):
-        splits[name].append(sample)
+        if name is not None:  # None: dropped in a time split's gap
+            splits[name].append(sample)
     return splits
 
 
@@ -143,6 +150,7 @@ def index_header(source: Source, config: BuildConfig, kept: list[CheckedSample])
                 "by": config.split.by,
                 "folds": config.split.folds,
                 "fold": config.split.fold,
+                "time_gap": config.split.gap if config.split.by == "time" else None,
             },
             "max_pixels": config.policy.max_pixels,
             "max_side": config.policy.max_side,
@@ -157,7 +165,9 @@ def index_header(source: Source, config: BuildConfig, kept: list[CheckedSample])
 def fingerprint(source: Source, kept: list[CheckedSample]) -> str:
     digest = hashlib.sha256(source.format.encode())
     if source.input.is_file():
-        digest.update(source.input.read_bytes())
+        with open(source.input, "rb") as handle:  # in blocks: a parquet input may be many GB
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     for sample in kept:
         digest.update(sample.raw.key.encode())
         for image in sample.images:

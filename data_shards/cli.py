@@ -10,12 +10,13 @@ from pathlib import Path
 from data_shards.build import BuildConfig, build, default_workers
 from data_shards.images import DEFAULT_MAX_PIXELS, ImagePolicy
 from data_shards.records import SourceError
-from data_shards.report import split_overlap_warning
-from data_shards.sources import READERS, SourceOptions
-from data_shards.split import STRATEGIES, SplitError, SplitSpec
+from data_shards.report import source_split, split_overlap_warning
+from data_shards.sources import READERS, SourceOptions, detect_format
+from data_shards.split import DEFAULT_TIME_GAP, STRATEGIES, SplitError, SplitSpec
 from data_shards.synthetic import SYNTH_FORMATS
 from data_shards.write import ShardLayout
 
+DEFAULT_SPLIT = "train=1.0"
 USER_ERRORS = (SourceError, SplitError, FileExistsError, FileNotFoundError, ValueError)
 
 
@@ -32,9 +33,19 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--input", type=Path, required=True, help="dataset file (JSON, JSONL, CSV) or folder")
     group.add_argument("--format", choices=sorted(READERS), help="source format (detected when omitted)")
     group.add_argument(
-        "--image-root", type=Path, help="folder image paths are relative to (default: the input's folder)"
+        "--image-root",
+        type=Path,
+        help="folder image paths are relative to (default: the input's folder); parquet/hf-disk: where embedded "
+        "images are written (default: <input>.images beside the input)",
     )
-    group.add_argument("--class-names", type=Path, help="classes: JSON {folder: name} or one name per line")
+    group.add_argument(
+        "--class-names",
+        type=Path,
+        help="classes: JSON {folder: name} or one name per line; flowers102: line i = label i",
+    )
+    group.add_argument(
+        "--class-choices", action="store_true", help="class questions: every class name in extra.choices"
+    )
     group.add_argument("--class-question", default=SourceOptions.class_question, help="classes: the question asked")
     group.add_argument("--caption-prompt", default=SourceOptions.caption_prompt, help="captions/manifest: the prompt")
     group.add_argument("--pairs-question", default=SourceOptions.pairs_question, help="pairs: the question asked")
@@ -59,12 +70,20 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("splits and shards")
-    group.add_argument("--split", default="train=1.0", help="NAME=FRACTION,... e.g. train=0.9,val=0.1")
+    group.add_argument("--split", default=DEFAULT_SPLIT, help="NAME=FRACTION,... e.g. train=0.9,val=0.1")
     group.add_argument(
         "--split-by",
         choices=STRATEGIES,
-        default="random",
-        help="random; label (stratified); group (source groups); image (samples sharing an image)",
+        help="random; label (stratified); group (source groups); image (samples sharing an image); source (the "
+        "splits the source gives, e.g. flowers102's setid.mat or HF file names). Default: source for flowers102 "
+        "when no --split or --folds is given, else random; time (per video, earlier frames to the first split, "
+        "later ones to the next, --time-gap frames dropped between)",
+    )
+    group.add_argument(
+        "--time-gap",
+        type=int,
+        default=DEFAULT_TIME_GAP,
+        help=f"--split-by time: video frames dropped between splits (default {DEFAULT_TIME_GAP})",
     )
     group.add_argument("--folds", type=int, help="k-fold: number of folds (writes train/ and val/)")
     group.add_argument("--fold", type=int, help="k-fold: the held-out fold, 0-based")
@@ -84,9 +103,14 @@ def config_from_args(args: argparse.Namespace, write_shards: bool) -> BuildConfi
         caption_prompt=args.caption_prompt,
         class_question=args.class_question,
         class_names=args.class_names,
+        class_choices=args.class_choices,
         pairs_question=args.pairs_question,
     )
-    split = SplitSpec.parse(args.split, args.split_by, args.folds, args.fold) if write_shards else SplitSpec()
+    split = (
+        SplitSpec.parse(args.split, split_strategy(args), args.folds, args.fold, args.time_gap)
+        if write_shards
+        else SplitSpec()
+    )
     return BuildConfig(
         input=args.input,
         out=args.out,
@@ -103,6 +127,14 @@ def config_from_args(args: argparse.Namespace, write_shards: bool) -> BuildConfi
         write_shards=write_shards,
         progress=not args.no_progress,
     )
+
+
+def split_strategy(args: argparse.Namespace) -> str:
+    """--split-by as given; else `source` for a release with its own split (flowers102) unless ratios or folds are."""
+    if args.split_by or args.split != DEFAULT_SPLIT or args.folds is not None:
+        return args.split_by or "random"
+    fmt = args.format or (detect_format(args.input) if args.input.is_dir() else None)
+    return "source" if getattr(READERS.get(fmt), "KEEPS_SPLIT", False) else "random"
 
 
 def command_build(args: argparse.Namespace) -> int:
@@ -126,6 +158,8 @@ def print_summary(report: dict, out: Path) -> None:
         print(f"  renamed  {renamed['count']:6d}  repeating an earlier id ({renamed['repeated_ids']} ids)")
     if report["kept_duplicates"]:
         print(f"  kept     {report['kept_duplicates']:6d}  exact duplicates")
+    if source_split(report):
+        print("  splits as the source gives them (--split-by source), not re-split")
     for name, split in report["splits"].items():
         print(f"  {name}: {split['samples']} samples in {split['shards']} shards")
     warning = split_overlap_warning(report)

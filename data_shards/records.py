@@ -20,6 +20,13 @@ REASONS = {
     "empty_answer": "no assistant turn, or an empty one",
     "placeholder_mismatch": "the number of <image> placeholders differs from the number of images",
     "duplicate_sample": "an exact copy (same text and images) of an earlier sample",
+    "malformed_mask": "a mask's RLE or polygon cannot be decoded, or its runs do not fill its size",
+    "mask_size_mismatch": "a mask's size, or its frame's, differs from the image size the annotations state",
+    "empty_mask": "a mask has no pixels where the annotation says the object is",
+    "bbox_outside_image": "an annotation's bbox lies outside its image",
+    "mask_outside_bbox": "a mask has pixels outside its annotation's bbox",
+    "mask_area_mismatch": "a mask's pixel count differs from its annotation's area beyond tolerance",
+    "time_gap": "a frame dropped by --split-by time: within --time-gap frames of the previous split",
 }
 
 
@@ -40,6 +47,7 @@ class RawSample:
     group: str | None = None
     source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None  # the split the source itself assigns (kept by `--split-by source`)
 
 
 @dataclass

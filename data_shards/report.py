@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from data_shards.notes import annotation_stats, note_lines
 from data_shards.records import REASONS, Reject
 from data_shards.validate import CheckedSample
 from data_shards.write import ShardInfo
@@ -130,6 +131,7 @@ def dataset_stats(kept: list[CheckedSample]) -> dict[str, Any]:
         "imbalance_ratio": max(labels.values()) / min(labels.values()) if labels else None,
         "images": image_stats(kept),
         "text": text_stats(kept),
+        **annotation_stats(kept),
     }
 
 
@@ -169,11 +171,18 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
 
 
+def source_split(report: dict[str, Any]) -> bool:
+    """Whether the build kept the source's own splits (`--split-by source`)."""
+    split = report.get("options", {}).get("split")
+    return isinstance(split, dict) and split.get("by") == "source"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Dataset build report",
         "",
-        f"Source format `{report['source']['format']}`, seed {report['seed']}.",
+        f"Source format `{report['source']['format']}`, seed {report['seed']}"
+        + (", splits as the source gives them (not re-split)." if source_split(report) else "."),
         "",
         f"**read {report['read']} = written {report['written']} + rejected {report['rejected']}**",
         "",
@@ -214,7 +223,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"- image width median {images['width']['median']:.0f} (max {images['width']['max']:.0f}), "
             f"height median {images['height']['median']:.0f} (max {images['height']['max']:.0f})"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + note_lines(stats)) + "\n"
 
 
 def key_lines(report: dict[str, Any]) -> list[str]:

@@ -3,7 +3,9 @@
 Every strategy partitions items into parts with target weights; k-fold is K equal parts of which
 fold k becomes `val` and the rest `train`. Group-aware splits keep every group (a video, a person,
 a source image) inside one part: with `by="image"`, samples sharing any image form one group, so
-LLaVA conversations about the same COCO image never straddle train and val.
+LLaVA conversations about the same COCO image never straddle train and val. With `by="source"` nothing is
+re-split: each sample goes to the split its source assigned (oxford_flowers102's setid.mat, a HF file's name).
+`by="time"` orders each video's frames and cuts them with a gap (`data_shards.split_time`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
-STRATEGIES = ("random", "label", "group", "image")
+T = TypeVar("T")
+STRATEGIES = ("random", "label", "group", "image", "source", "time")
+DEFAULT_TIME_GAP = 8  # video frames dropped between consecutive splits by `by="time"`
+SOURCE_SPLIT_ORDER = ("train", "validation", "valid", "val", "dev", "test")
 
 
 class SplitError(ValueError):
@@ -29,9 +35,17 @@ class SplitSpec:
     by: str = "random"
     folds: int | None = None
     fold: int | None = None
+    gap: int = DEFAULT_TIME_GAP  # `by="time"` (data_shards.split_time)
 
     @classmethod
-    def parse(cls, text: str, by: str = "random", folds: int | None = None, fold: int | None = None) -> SplitSpec:
+    def parse(
+        cls,
+        text: str,
+        by: str = "random",
+        folds: int | None = None,
+        fold: int | None = None,
+        gap: int = DEFAULT_TIME_GAP,
+    ) -> SplitSpec:
         ratios = []
         for part in text.split(","):
             name, _, value = part.partition("=")
@@ -39,13 +53,17 @@ class SplitSpec:
                 ratios.append((name.strip(), float(value)))
             except ValueError:
                 raise SplitError(f"--split part {part!r} is not NAME=FRACTION") from None
-        spec = cls(tuple(ratios), by, folds, fold)
+        spec = cls(tuple(ratios), by, folds, fold, gap)
         spec.check()
         return spec
 
     def check(self) -> None:
         if self.by not in STRATEGIES:
             raise SplitError(f"split strategy {self.by!r} is not one of {STRATEGIES}")
+        if self.by == "source" and (self.folds is not None or self.ratios != SplitSpec.ratios):
+            raise SplitError("--split-by source keeps the source's own splits: it takes no --split ratios or folds")
+        if self.by == "time" and (self.folds is not None or self.gap < 0):
+            raise SplitError(f"--split-by time takes --split ratios (no folds) and a --time-gap >= 0, got {self.gap}")
         if self.folds is not None:
             if self.folds < 2 or self.fold is None or not 0 <= self.fold < self.folds:
                 raise SplitError(
@@ -59,8 +77,15 @@ class SplitSpec:
             raise SplitError(f"split fractions must be positive and sum to 1, got {dict(self.ratios)}")
 
 
-def assign_splits(labels: Sequence[str | None], groups: Sequence[str], spec: SplitSpec, seed: int) -> list[str]:
-    """The split name of every item, in input order."""
+def assign_splits(
+    labels: Sequence[str | None], groups: Sequence[str], spec: SplitSpec, seed: int, frames: Sequence[int | None] = ()
+) -> list[str | None]:
+    """The split name of every item, in input order; None for a frame a time split drops in a gap."""
+    if spec.by == "time":
+        from data_shards.split_time import temporal  # here, not at the top: it builds on this module's quotas
+
+        parts = temporal(groups, frames, [value for _, value in spec.ratios], spec.gap)
+        return [None if part is None else spec.ratios[part][0] for part in parts]
     if spec.folds is not None:
         parts = partition(labels, groups, [1.0] * spec.folds, spec.by, seed)
         return ["val" if part == spec.fold else "train" for part in parts]
@@ -153,3 +178,20 @@ def image_groups(image_hashes: Sequence[Sequence[str]], explicit: Sequence[str |
 def explicit_groups(groups: Sequence[str | None]) -> list[str]:
     """Group-aware split on the sources' own groups; a sample without one is its own group."""
     return [group if group is not None else f"sample{index}" for index, group in enumerate(groups)]
+
+
+def source_splits(items: Sequence[T], splits: Sequence[str | None], origins: Sequence[str]) -> dict[str, list[T]]:
+    """Items grouped by the split their source gave them, train/val/test first, then by name; every item needs one."""
+    missing = [origin for split, origin in zip(splits, origins) if split is None]
+    if missing:
+        raise SplitError(
+            f"--split-by source: {len(missing)} samples have no split from their source (first: {missing[0]})"
+        )
+    bad = sorted({split for split in splits if not str(split).isidentifier()})
+    if bad:
+        raise SplitError(f"--split-by source: split names must be identifiers (they name folders), got {bad[:5]}")
+    rank = {name: position for position, name in enumerate(SOURCE_SPLIT_ORDER)}
+    result: dict[str, list[T]] = {name: [] for name in sorted(set(splits), key=lambda n: (rank.get(n, len(rank)), n))}
+    for item, split in zip(items, splits):
+        result[split].append(item)
+    return result

@@ -9,13 +9,27 @@ from pathlib import Path
 from types import ModuleType
 
 from data_shards.records import RawSample, Reject, SourceError
-from data_shards.sources import captions, classes, coco, llava, manifest, messages, pairs
+from data_shards.sources import (
+    captions,
+    classes,
+    coco,
+    flowers,
+    hf_disk,
+    llava,
+    manifest,
+    messages,
+    pairs,
+    parquet,
+    sam,
+)
 from data_shards.sources.common import SourceOptions, read_text
 
 READERS: dict[str, ModuleType] = {
-    module.NAME: module for module in (llava, messages, captions, manifest, classes, pairs, coco)
+    module.NAME: module
+    for module in (llava, messages, captions, manifest, classes, pairs, coco, flowers, parquet, hf_disk, sam)
 }
 FOLDER_FORMATS = ("captions", "classes")
+OWN_INPUT_FORMATS = (flowers.NAME, parquet.NAME, hf_disk.NAME, sam.NAME)  # readers that check file-or-folder themselves
 
 __all__ = ["READERS", "Source", "SourceOptions", "detect_format", "open_source"]
 
@@ -42,7 +56,7 @@ def open_source(
         raise SourceError(f"unknown format {fmt!r}; choose one of {sorted(READERS)}")
     if fmt in FOLDER_FORMATS and not input_path.is_dir():
         raise SourceError(f"{input_path}: the {fmt} format expects a folder")
-    if fmt not in FOLDER_FORMATS and input_path.is_dir():
+    if fmt not in FOLDER_FORMATS + OWN_INPUT_FORMATS and input_path.is_dir():
         raise SourceError(f"{input_path}: the {fmt} format expects a file, got a folder")
     root = input_path if fmt in FOLDER_FORMATS else Path(image_root or READERS[fmt].default_image_root(input_path))
     if not root.is_dir():
@@ -52,14 +66,18 @@ def open_source(
 
 def detect_format(path: Path) -> str:
     if path.is_dir():
-        for name in ("classes", "captions"):
+        for name in (sam.NAME, flowers.NAME, hf_disk.NAME, "classes", "captions", parquet.NAME):
             if READERS[name].detect_folder(path):
                 return name
         raise SourceError(f"{path}: a folder that is neither class folders nor images with .txt captions")
     if path.suffix.lower() == ".csv":
         return "pairs"
+    if path.suffix.lower() == ".parquet":
+        return parquet.NAME
+    if path.suffix.lower() == ".zip":
+        return sam.NAME
     first = first_json_value(path)
-    for name in ("coco", "manifest", "llava", "messages"):
+    for name in ("coco", sam.NAME, "manifest", "llava", "messages"):
         if READERS[name].detect(first):
             return name
     raise SourceError(f"{path}: cannot tell its format; pass --format (one of {sorted(READERS)})")

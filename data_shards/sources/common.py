@@ -23,6 +23,7 @@ class SourceOptions:
     class_question: str = "<image>\nWhat is shown in this image?"
     class_answer: str = "{name}"
     class_names: Path | None = None
+    class_choices: bool = False  # extra.choices: every class name, on each class-question sample
     pairs_question: str = "<image>\n<image>\nCompare the first image with the second. Answer First, Second or Similar."
 
 

@@ -10,9 +10,13 @@ import numpy as np
 from data_shards.synthetic.coco import write_coco
 from data_shards.synthetic.conversations import write_llava, write_messages
 from data_shards.synthetic.drawing import MIN_IMAGE_SIZE, require
+from data_shards.synthetic.flowers import write_flowers
+from data_shards.synthetic.hf_disk import write_hf_disk
 from data_shards.synthetic.image_files import write_captions, write_classes, write_manifest
 from data_shards.synthetic.pairs import write_pairs
+from data_shards.synthetic.parquet import write_cauldron, write_onevision
 from data_shards.synthetic.plan import Plan, SyntheticDataset
+from data_shards.synthetic.sam import write_sam
 from data_shards.synthetic.scores import FORMAT as SCORES_FORMAT
 from data_shards.synthetic.scores import write_scores
 from data_shards.synthetic.vocabulary import TASKS
@@ -25,9 +29,14 @@ _WRITERS: dict[str, Callable[[Plan], SyntheticDataset]] = {
     "classes": write_classes,
     "pairs": write_pairs,
     "coco": write_coco,
+    "sam": write_sam,
     SCORES_FORMAT: write_scores,
+    "flowers102": write_flowers,
+    "cauldron": write_cauldron,
+    "onevision": write_onevision,
+    "hf-disk": write_hf_disk,
 }
-SYNTH_FORMATS = tuple(_WRITERS)  # the formats the build reads, and `scores` (read by `python -m data_shards pairs`)
+SYNTH_FORMATS = tuple(_WRITERS)  # the build's formats, `scores` (for `pairs`), and the HF layouts by name
 
 
 def _check_arguments(fmt: str, n: int, image_size: int, task: str, jsonl: bool, class_names: bool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-FORMATS = ("llava", "messages", "captions", "manifest", "classes", "pairs", "coco")
+FORMATS = ("llava", "messages", "captions", "manifest", "classes", "pairs", "coco", "sam")
 TASKS = ("color", "shape", "mixed")
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS: dict[str, tuple[int, int, int]] = {
