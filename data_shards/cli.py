@@ -10,7 +10,7 @@ from pathlib import Path
 from data_shards.build import BuildConfig, build, default_workers
 from data_shards.images import DEFAULT_MAX_PIXELS, ImagePolicy
 from data_shards.records import SourceError
-from data_shards.report import source_split, split_overlap_warning
+from data_shards.report import image_summary, source_split, split_overlap_warning
 from data_shards.sources import READERS, SourceOptions, detect_format
 from data_shards.split import DEFAULT_TIME_GAP, STRATEGIES, SplitError, SplitSpec
 from data_shards.synthetic import SYNTH_FORMATS
@@ -162,6 +162,7 @@ def print_summary(report: dict, out: Path) -> None:
         print("  splits as the source gives them (--split-by source), not re-split")
     for name, split in report["splits"].items():
         print(f"  {name}: {split['samples']} samples in {split['shards']} shards")
+    print(f"  {image_summary(report['stats']['images'])}")
     warning = split_overlap_warning(report)
     if warning:
         print(warning, file=sys.stderr)

@@ -53,6 +53,8 @@ class PreparedImage:
     width: int
     height: int
     source_sha256: str
+    source_format: str  # as PIL names it (JPEG, PNG, TIFF, ...), read from the header the check opens
+    source_mode: str  # the source's PIL mode (RGB, L, CMYK, P, I;16, ...), before any normalisation
     changes: list[str] = field(default_factory=list)
 
 
@@ -72,13 +74,14 @@ def prepare_image(path: Path, policy: ImagePolicy) -> PreparedImage:
     image = open_checked(raw, path, policy)
     changes = normalisations_needed(image, policy)
     sha = hashlib.sha256(raw).hexdigest()
+    source = (str(image.format), image.mode)
     if not changes:
-        return PreparedImage(raw, PASSTHROUGH_FORMATS[image.format], image.width, image.height, sha)
+        return PreparedImage(raw, PASSTHROUGH_FORMATS[image.format], image.width, image.height, sha, *source)
     rgb = to_rgb(image)
     if policy.max_side and max(rgb.size) > policy.max_side:
         rgb = ImageOps.contain(rgb, (policy.max_side, policy.max_side), Image.Resampling.BICUBIC)
     data, fmt = encode(rgb, image.format, policy)
-    return PreparedImage(data, fmt, rgb.width, rgb.height, sha, changes)
+    return PreparedImage(data, fmt, rgb.width, rgb.height, sha, *source, changes)
 
 
 def open_checked(raw: bytes, path: Path, policy: ImagePolicy) -> Image.Image:

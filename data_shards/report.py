@@ -17,10 +17,17 @@ import numpy as np
 
 from data_shards.notes import annotation_stats, note_lines
 from data_shards.records import REASONS, Reject
-from data_shards.validate import CheckedSample
+from data_shards.validate import CheckedSample, ImageInfo
 from data_shards.write import ShardInfo
 
 SHARED_EXAMPLES = 10
+QUANTILES = ("min", "median", "p95", "max")
+SIZE_ROWS = (
+    ("width", "width (px)"),
+    ("height", "height (px)"),
+    ("aspect_ratio", "aspect ratio (w/h)"),
+    ("megapixels", "megapixels"),
+)
 
 
 class ReconciliationError(AssertionError):
@@ -148,12 +155,39 @@ def image_stats(kept: list[CheckedSample]) -> dict[str, Any]:
         "max_samples_per_image": max(samples_per_image.values(), default=0),
         "samples_repeating_an_image": sum(1 for s in kept if len({i.source_sha256 for i in s.images}) < len(s.images)),
         "per_sample": dict(sorted(Counter(len(s.images) for s in kept).items())),
-        "width": distribution([i.width for i in infos]),
-        "height": distribution([i.height for i in infos]),
-        "bytes_per_image": distribution([i.num_bytes for i in infos]),
+        **size_stats(kept, infos),
         "formats": dict(sorted(Counter(i.format for i in infos).items())),
         "normalised": dict(sorted(Counter(change for i in infos for change in i.changes).items())),
     }
+
+
+def size_stats(kept: list[CheckedSample], infos: list[ImageInfo]) -> dict[str, Any]:
+    """Sizes, decoded memory and encoded bytes of the accepted images, from what the image check recorded.
+
+    Sizes and bytes are those written to the shards (after EXIF rotation and any `--max-side` resize);
+    `source_formats`/`source_modes` are the files' own. Every reference counts (`count`: an image used by
+    two samples twice, as a loader decodes it twice). p95 is numpy's default linear interpolation between
+    closest ranks. Decoded memory is width x height x 3 bytes (RGB uint8); a sample's is the sum over its images.
+    """
+    encoded = [i.num_bytes for i in infos]
+    return {
+        "count": len(infos),
+        "width": distribution([i.width for i in infos]),
+        "height": distribution([i.height for i in infos]),
+        "aspect_ratio": distribution([i.width / i.height for i in infos]),
+        "megapixels": distribution([i.width * i.height / 1e6 for i in infos]),
+        "decoded_bytes": {
+            "total": sum(decoded_bytes(i) for i in infos),
+            "max_per_sample": max((sum(decoded_bytes(i) for i in s.images) for s in kept), default=0),
+        },
+        "encoded_bytes": {"total": sum(encoded), "median": float(np.median(encoded)) if encoded else None},
+        "source_formats": dict(sorted(Counter(i.source_format for i in infos).items())),
+        "source_modes": dict(sorted(Counter(i.source_mode for i in infos).items())),
+    }
+
+
+def decoded_bytes(info: ImageInfo) -> int:
+    return info.width * info.height * 3
 
 
 def text_stats(kept: list[CheckedSample]) -> dict[str, Any]:
@@ -218,12 +252,48 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append(
         f"- text: {text['text_only_samples']} text-only samples, {text['non_ascii_samples']} with non-ASCII text"
     )
-    if images["width"]:
-        lines.append(
-            f"- image width median {images['width']['median']:.0f} (max {images['width']['max']:.0f}), "
-            f"height median {images['height']['median']:.0f} (max {images['height']['max']:.0f})"
-        )
-    return "\n".join(lines + note_lines(stats)) + "\n"
+    return "\n".join(lines + note_lines(stats) + size_lines(images)) + "\n"
+
+
+def size_lines(images: dict[str, Any]) -> list[str]:
+    """report.md's image table: sizes, aspect ratio and megapixels; decoded and encoded bytes; formats, modes."""
+    lines = ["", "### Images", "", f"{images['count']} image references in the accepted samples."]
+    if not images["count"]:
+        return lines
+    lines += ["", "| | min | median | p95 | max |", "|---|---:|---:|---:|---:|"]
+    for key, name in SIZE_ROWS:
+        lines.append(f"| {name} | " + " | ".join(f"{images[key][q]:.4g}" for q in QUANTILES) + " |")
+    decoded, encoded = images["decoded_bytes"], images["encoded_bytes"]
+    return lines + [
+        "",
+        f"- decoded (RGB uint8): {human_bytes(decoded['total'])} in all, "
+        f"at most {human_bytes(decoded['max_per_sample'])} per sample",
+        f"- encoded: {human_bytes(encoded['total'])} in all, median {human_bytes(encoded['median'])} per image",
+        "- source formats: " + ", ".join(f"{k} {v}" for k, v in images["source_formats"].items()),
+        "- source modes: " + ", ".join(f"{k} {v}" for k, v in images["source_modes"].items()),
+    ]
+
+
+def image_summary(images: dict[str, Any]) -> str:
+    """One line for the CLI: how many images, their size range, decoded and encoded bytes."""
+    if not images["count"]:
+        return "images: 0"
+    width, height, decoded = images["width"], images["height"], images["decoded_bytes"]
+    return (
+        f"images: {images['count']}, {width['min']:.0f}-{width['max']:.0f} x "
+        f"{height['min']:.0f}-{height['max']:.0f} px "
+        f"(median {width['median']:.0f} x {height['median']:.0f}), decoded RGB {human_bytes(decoded['total'])} "
+        f"(at most {human_bytes(decoded['max_per_sample'])} per sample), "
+        f"encoded {human_bytes(images['encoded_bytes']['total'])}"
+    )
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
 
 
 def key_lines(report: dict[str, Any]) -> list[str]:

@@ -20,12 +20,16 @@ from data_shards.sample import IMAGE_TOKEN, ImageData, Sample
 
 @dataclass
 class ImageInfo:
+    """A checked image as written to the shards (`format`, size, `num_bytes`), and its source's format and mode."""
+
     ref: str
     source_sha256: str
     format: str
     width: int
     height: int
     num_bytes: int
+    source_format: str
+    source_mode: str
     changes: list[str] = field(default_factory=list)
 
 
@@ -105,7 +109,9 @@ def check_sample(raw: RawSample, image_root: Path, policy: ImagePolicy) -> Check
     except ImageRejected as error:
         return Reject(raw.key, error.reason, error.detail, raw.origin)
     infos = [
-        ImageInfo(ref, p.source_sha256, p.format, p.width, p.height, len(p.data), p.changes)
+        ImageInfo(
+            ref, p.source_sha256, p.format, p.width, p.height, len(p.data), p.source_format, p.source_mode, p.changes
+        )
         for ref, p in zip(raw.image_refs, prepared)
     ]
     return CheckedSample(raw, infos)
