@@ -39,6 +39,7 @@ setup(
             "shardtune-predict=trainer.evaluate.predict_cli:main",
             "shardtune-aggregate=trainer.evaluate.aggregate:main",
             "shardtune-merge=trainer.export.cli:main",
+            "shardtune-plan=trainer.plan.cli:main",
         ],
     },
 )

@@ -6,6 +6,7 @@
     {run}/history.png                   loss, learning rate, eval metrics and grad norm by step (rank 0, at the end)
     {run}/wandb_run_id.txt              the W&B run a resumed job continues
     {run}/audit/                        gradient audit tables and plots (`train.audit_every`, rank 0)
+    {run}/memory/rank{r}.json           measured peak memory by phase (`trainer.testing.memory_probe`, when on)
     {run}/checkpoints/latest            names the newest complete checkpoint, replaced atomically
     {run}/checkpoints/best.json         the best checkpoint by `checkpoint.best_metric`
     {run}/checkpoints/step00000100/     DeepSpeed's files, trainer_state.json, trainer_state_rank{r}.pt,
@@ -31,6 +32,7 @@ SUMMARY = "train_summary.json"
 HISTORY = "history.png"
 CHECKPOINTS = "checkpoints"
 AUDIT = "audit"
+MEMORY = "memory"
 LATEST = "latest"
 BEST = "best.json"
 COMPLETE = "complete"
@@ -110,6 +112,10 @@ class RunFolder:
     @property
     def audit(self) -> Path:
         return self.root / AUDIT
+
+    @property
+    def memory(self) -> Path:
+        return self.root / MEMORY
 
     @property
     def best_file(self) -> Path:
