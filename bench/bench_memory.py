@@ -56,14 +56,10 @@ CONFIGS = {
     "zero3-full": ("wide", ["deepspeed.zero_stage=3", "lora.enabled=false"]),
     "zero2-qlora": ("wide", ["deepspeed.zero_stage=2", "quant.load_in_4bit=true"]),
     "zero2-full-mb16": ("wide", ["deepspeed.zero_stage=2", "lora.enabled=false", "train.micro_batch_size=16"]),
-    "zero2-full-ckpt-mb16": (
+    "zero0-lora-mb32": ("wide", ["deepspeed.zero_stage=0", "train.micro_batch_size=32"]),
+    "zero0-lora-ckpt-mb32": (
         "wide",
-        [
-            "deepspeed.zero_stage=2",
-            "lora.enabled=false",
-            "train.micro_batch_size=16",
-            "model.gradient_checkpointing=true",
-        ],
+        ["deepspeed.zero_stage=0", "train.micro_batch_size=32", "model.gradient_checkpointing=true"],
     ),
     "tiny-zero0-full": ("tiny", ["deepspeed.zero_stage=0", "lora.enabled=false"]),
     "tiny-zero2-lora": ("tiny", ["deepspeed.zero_stage=2"]),

@@ -13,6 +13,7 @@ NAMES = {
     "master": "fp32 master weights",
     "optimizer": "Adam moments",
     "buffers": "communication buffers",
+    "mapped_checkpoint": "checkpoint file mapped by 4-bit loading",
 }
 
 

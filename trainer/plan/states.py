@@ -17,6 +17,8 @@ resident, so a bucket counts as the part of it the trained parameters fill (`tou
 the fp32 master, the moments and the fp32 gradient partition (and ZeRO-3's weight partitions with
 `offload_param`) to host memory. QLoRA's packed 4-bit weights take half a byte per element plus their
 quantisation constants (one fp32 per 64; with double quantisation one byte per 64 plus one fp32 per 16,384).
+4-bit loading also leaves the checkpoint file mapped, the pages it quantised from resident (clean page cache,
+measured: the whole file): host memory, which on the CPU is the ranks' own.
 
 Two transients come on top, each at a moment when the activations are already freed, so a rank peaks at the
 largest of the three (`trainer.plan.estimate`): torch's AdamW makes two temporaries the size of each tensor it
@@ -115,6 +117,8 @@ def model_states(counts: ParameterCounts, layout: Layout) -> dict[str, dict[str,
     else:
         device["weights"] = weights
         device["buffers"] = bucket_bytes(buckets, layout.reduce_bucket, trained, layout) if stage else 0.0
+    if layout.four_bit:
+        (device if layout.touched_only else host)["mapped_checkpoint"] = (counts.trainable + counts.frozen) * d
     offloaded = host if layout.offload_optimizer else device
     offloaded.update(partitioned)
     (offloaded if stage >= 2 else device)["gradients"] = gradients
