@@ -10,9 +10,11 @@ import torch
 from trainer.config.schema import load
 from trainer.plan import activations
 from trainer.plan.cli import DOES_NOT_FIT, main
-from trainer.plan.estimate import GIB, language_model
+from trainer.plan.estimate import GIB, language_model, plan
 from trainer.plan.model_shape import ParameterCounts, count_parameters, meta_model
 from trainer.plan.states import Layout, four_bit_bytes, model_states
+from trainer.plan.tokens import given
+from trainer.testing.full_size import PARAMETERS, write_full_size_config
 
 DEMO = "configs/demo.yaml"
 
@@ -181,3 +183,24 @@ def test_plan_is_in_gib_and_positive(tiny_llava, color_shards, capsys):
     assert code == 0 and plan["fits"] is None and plan["device_gib"] is None
     assert 0 < plan["per_rank_gib"] < 64 and all(value >= 0 for value in plan["terms_gib"].values())
     assert plan["per_rank_gib"] * GIB > plan["runtime_gib"] * GIB
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETERS))
+def test_full_size_configs_have_their_model_cards_parameter_count(name, tmp_path):
+    path = write_full_size_config(name, tmp_path / name)
+    config = load(None, [f"model.path={path}", "data.train=unused", "model.freeze_vision_tower=false"])
+    counts = count_parameters(*meta_model(config))
+    assert counts.frozen == 0
+    assert counts.trainable == pytest.approx(PARAMETERS[name], rel=0.01)
+
+
+def test_llava_7b_lora_and_full_zero3_on_eight_gpus(tmp_path):
+    path = write_full_size_config("llava-1.5-7b-hf", tmp_path / "llava")
+    common = [f"model.path={path}", "data.train=unused", "model.dtype=bfloat16", "train.precision=bf16"]
+    lora = plan(load(None, [*common, "lora.enabled=true"]), 8, given(2048), "cuda", 80 * GIB)
+    assert lora.states["device"]["weights"] / GIB == pytest.approx(2 * 7.07e9 / GIB, rel=0.01)  # bf16, not partitioned
+    assert lora.fits(False) and lora.largest_micro_batch(True) > lora.largest_micro_batch(False) >= 1
+    full_zero3 = plan(load(None, [*common, "deepspeed.zero_stage=3"]), 8, given(2048), "cuda", 80 * GIB)
+    partitioned = sum(full_zero3.states["device"][key] for key in ("weights", "gradients", "master", "optimizer"))
+    trained = full_zero3.counts.trainable
+    assert partitioned == pytest.approx((2 * full_zero3.counts.frozen + (2 + 4 + 4 + 8) * trained) / 8)
