@@ -40,6 +40,7 @@ setup(
             "shardtune-aggregate=trainer.evaluate.aggregate:main",
             "shardtune-merge=trainer.export.cli:main",
             "shardtune-plan=trainer.plan.cli:main",
+            "shardtune-compare=trainer.compare.cli:main",
         ],
     },
 )

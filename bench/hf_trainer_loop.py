@@ -127,6 +127,8 @@ def training_arguments(
         disable_tqdm=True,
         dataloader_num_workers=config.data.num_workers,
         remove_unused_columns=False,
+        bf16=train.precision == "bf16",
+        fp16=train.precision == "fp16",
         deepspeed=deepspeed_json.resolve(config, world_size, hidden),
         # Without use_cpu, accelerate 1.15 finds no backend on a machine without an accelerator device
         # (`PartialState._prepare_backend` names one only for GPU-like devices or for cpu=True): it runs
@@ -134,7 +136,7 @@ def training_arguments(
         # JSON: "ds train_batch_size=16 vs hf train_batch_size (calculated)=8". With use_cpu the state is
         # set up on gloo with both ranks; the Trainer still runs DeepSpeed (DistributedType.DEEPSPEED,
         # a DeepSpeedEngine, checked in the output).
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),
     )
 
 

@@ -81,10 +81,8 @@ def accumulation_runs(tiny_llava: Path, shards: Path, tmp_path: Path, *extra: st
 
 
 def test_gradient_accumulation_equals_the_larger_micro_batch(tiny_llava, color_shards, tmp_path):
-    """The model's loss is a mean over each micro-batch's supervised tokens, and DeepSpeed averages the micro-steps:
-    the same as one micro-batch of 8 exactly when every micro-batch supervises as many tokens. With
-    data.supervise=last every colour sample supervises its one-token answer and the end of its turn (2 tokens);
-    with "all", the fifth of them that ask two questions supervise 4 and the equality breaks (see the xfail below)."""
+    """Micro 4 × accumulation 2 trains as micro 8: losses and adapter weights. With data.supervise=last every colour
+    sample supervises its one-token answer and the end of its turn (2 tokens); the test below has unequal counts."""
     assert supervised_tokens_per_sample(tiny_llava, color_shards, "data.supervise=last") == {2: 288}
     accumulated, whole = accumulation_runs(tiny_llava, color_shards, tmp_path, "data.supervise=last")
     for run in (accumulated, whole):  # 8 samples per optimizer step in both
@@ -101,19 +99,19 @@ def test_gradient_accumulation_equals_the_larger_micro_batch(tiny_llava, color_s
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known limitation: each micro-batch's loss is a mean over its own supervised tokens, so accumulation "
-    "weights micro-batches equally, not tokens; on mixed_shards (2 or 4 supervised tokens, text-only and image "
-    "samples) the losses differ by up to 0.13 (step 3, 7.367 vs 7.499) and the adapter by up to 7e-3 after 6 steps",
-)
 def test_gradient_accumulation_on_unequal_token_counts(tiny_llava, mixed_shards, tmp_path):
+    """Micro-batches of 2 or 4 supervised tokens per sample (text-only and image samples): each micro-step is
+    weighted by its share of the optimizer step's tokens, so accumulation still equals the larger batch. Weighting
+    micro-batches equally (each its own token mean, as before) moved the losses by up to 0.13 (step 3, 7.367 vs
+    7.499) and the adapter by up to 7e-3 after 6 steps."""
     counts = supervised_tokens_per_sample(tiny_llava, mixed_shards)
     if set(counts) != {2, 4}:
         pytest.fail(f"mixed_shards changed: supervised tokens per sample {counts}")
     accumulated, whole = accumulation_runs(tiny_llava, mixed_shards, tmp_path)
     assert train_losses(accumulated) == pytest.approx(train_losses(whole), rel=1e-5)
+    got, want = final_adapter(accumulated), final_adapter(whole)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=key)
 
 
 # --- (b) the learning rate through the trainer ------------------------------------------------------------------

@@ -109,7 +109,8 @@ def test_cross_entropy_accuracy_and_consistency_against_hand_computed_values():
     assert float(parts["loss_ce"]) == pytest.approx(math.log(2))  # −log ½ in both rows
     assert float(parts["accuracy"]) == 1.0
     assert float(parts["loss_consistency"]) == pytest.approx(0.0, abs=1e-7)  # the twin mirrors the pair exactly
-    assert float(loss) == pytest.approx(math.log(2))
+    assert float(loss) == pytest.approx(2 * math.log(2))  # summed over the rows (the trainer weights by units)
+    assert objective.units({}, torch.tensor([0, 1])) == 2
     inconsistent = torch.tensor([[9.0, math.log(2), 0.0, 0.0], [9.0, math.log(2), 0.0, 0.0]])
     _, parts = objective(FixedLogits(inconsistent), {}, torch.tensor([0, 1]))
     # p = (½, ¼, ¼), mirrored twin q = (¼, ½, ¼): KL(p‖q) = ½ log 2 − ¼ log 2 = ¼ log 2 = KL(q‖p)

@@ -18,6 +18,9 @@ import torch.distributed as dist
 from data_shards.sample import Sample
 from trainer.batches.collate import Batch, Collator, last_assistant
 from trainer.batches.prompts import prompt_inputs
+from trainer.train.objectives import LanguageModelLoss
+
+TEACHER_FORCED = LanguageModelLoss()  # the training loss: summed over supervised tokens, the head only there
 
 
 def normalise(text: str) -> str:
@@ -75,10 +78,9 @@ def evaluate(
             if not item.batch.keys:
                 continue
             inputs = move(item.batch.inputs, engine.device, dtype_of(module))
-            loss = module(**inputs, use_cache=False).loss
-            supervised = int((inputs["labels"] != -100).sum())
-            loss_sum += float(loss) * supervised
-            token_count += supervised
+            summed, _ = TEACHER_FORCED(module, inputs, None)
+            loss_sum += float(summed)
+            token_count += TEACHER_FORCED.units(inputs, None)
             predictions = generate(module, item, tokenizer, engine.device, max_new_tokens, synced)
             for key, prediction, answer in zip(item.batch.keys, predictions, item.answers):
                 results[key] = normalise(prediction) == normalise(answer)

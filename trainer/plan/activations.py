@@ -4,8 +4,9 @@ One decoder layer of the language model runs forward on a meta (batch, tokens, h
 saved-tensor hooks; what it saves for backward, parameters excluded and shared storage counted once, is that
 layer's activation memory, exact for its architecture, attention implementation, LoRA adapters and dtype.
 The other terms are counted from shapes:
-- the head: the fp32 log-softmax cross-entropy keeps (tokens × vocab), and backward holds two more such
-  gradients at its start, when every layer's activations are still alive;
+- the head, which runs at supervised positions only (`trainer.train.objectives`): the fp32 log-softmax
+  cross-entropy keeps (supervised tokens × vocab), and backward holds two more such gradients at its start,
+  when every layer's activations are still alive;
 - the embeddings, the image features merged into them and the final norm: four (tokens × hidden) tensors;
 - gradient checkpointing (non-reentrant, per decoder layer): each layer keeps its input, and backward
   recomputes one layer at a time.
@@ -115,6 +116,7 @@ def measure(
     language_model: nn.Module,
     batch: int,
     tokens: int,
+    supervised: int,
     hidden: int,
     vocab: int,
     dtype: torch.dtype,
@@ -124,7 +126,7 @@ def measure(
     return Activations(
         per_layer=layer_bytes(model, language_model, batch, tokens, hidden, dtype),
         layers=len(decoder_layers(language_model)),
-        head=HEAD_COPIES * batch * tokens * vocab * FP32,
+        head=HEAD_COPIES * batch * supervised * vocab * FP32,
         edges=EDGE_TENSORS * per_token_hidden,
         checkpointed_layer_input=per_token_hidden,
     )

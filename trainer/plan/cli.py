@@ -33,18 +33,19 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--gpu-memory-gib", type=float, help="memory per device; gives `fits` and the largest batch")
     root.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="what the ranks run on")
     root.add_argument("--tokens", type=int, help="tokens per sample instead of measuring data.train")
+    root.add_argument("--supervised", type=int, help="with --tokens: supervised tokens per sample (default: all)")
     root.add_argument("--samples", type=int, default=256, help="samples of data.train collated to measure lengths")
     root.add_argument("--json", action="store_true", help="print JSON instead of the table")
     root.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.micro_batch_size=4")
     return root
 
 
-def token_lengths(config, model, samples: int, tokens: int | None):
+def token_lengths(config, model, samples: int, tokens: int | None, supervised: int | None):
     from trainer.models.processor import load_processor
     from trainer.plan import tokens as lengths
 
     if tokens is not None:
-        return lengths.given(tokens)
+        return lengths.given(tokens, supervised)
     if not Path(config.data.train).exists():
         raise ConfigError([f"data.train: {config.data.train} does not exist (build the shards, or pass --tokens N)"])
     return lengths.measure(config, model, load_processor(config.model.path), samples)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.plan.report import as_json, markdown
 
         model_and_parts = meta_model(config)
-        tokens = token_lengths(config, model_and_parts[0], args.samples, args.tokens)
+        tokens = token_lengths(config, model_and_parts[0], args.samples, args.tokens, args.supervised)
         device_bytes = None if args.gpu_memory_gib is None else args.gpu_memory_gib * GIB
         result = plan(config, args.nodes * args.gpus_per_node, tokens, args.device, device_bytes, model_and_parts)
     except (ConfigError, OSError, ValueError) as error:

@@ -36,6 +36,7 @@ class Plan:
     layout: Layout
     tokens: TokenLengths
     row_tokens: int
+    row_supervised: int
     micro_batch: int
     states: dict[str, dict[str, float]]
     transients: dict[str, float]
@@ -70,9 +71,12 @@ def language_model(model, parts):
     return unwrapped.get_submodule(parts.language)
 
 
-def activation_bytes(model, parts, text: TextShape, tokens: int, dtype: torch.dtype) -> dict[bool, float]:
-    """Per sample (a row of `tokens`): activations scale with the micro batch."""
-    measured = activations.measure(model, language_model(model, parts), 1, tokens, text.hidden, text.vocab, dtype)
+def activation_bytes(
+    model, parts, text: TextShape, tokens: int, supervised: int, dtype: torch.dtype
+) -> dict[bool, float]:
+    """Per sample (a row of `tokens`, `supervised` of them): activations scale with the micro batch."""
+    language = language_model(model, parts)
+    measured = activations.measure(model, language, 1, tokens, supervised, text.hidden, text.vocab, dtype)
     return {checkpointing: float(measured.total(checkpointing)) for checkpointing in (False, True)}
 
 
@@ -90,17 +94,18 @@ def plan(
     resolved = deepspeed_json.resolve(config, ranks, text.hidden)
     element = torch.empty((), dtype=dtype).element_size()
     layout = layout_from(resolved, ranks, element, config.quant, touched_only=device == "cpu")
-    row = row_tokens(tokens, config)
+    row, supervised = row_tokens(tokens, config)
     return Plan(
         counts=counts,
         text=text,
         layout=layout,
         tokens=tokens,
         row_tokens=row,
+        row_supervised=supervised,
         micro_batch=config.train.micro_batch_size,
         states=model_states(counts, layout),
         transients=transients(counts, layout),
-        activations_per_sample=activation_bytes(model, parts, text, row, dtype),
+        activations_per_sample=activation_bytes(model, parts, text, row, supervised, dtype),
         runtime=RUNTIME_BYTES[device][layout.stage],
         checkpointing=config.model.gradient_checkpointing,
         device_bytes=device_bytes,

@@ -30,7 +30,8 @@ def describe(plan: Plan) -> list[str]:
         f"{layout.ranks} data-parallel ranks, ZeRO-{layout.stage}{offload}{quant}, "
         f"{layout.weight_bytes}-byte weights, micro batch {plan.micro_batch}",
         f"parameters: {total / 1e9:.3f} B ({counts.trainable / 1e6:.1f} M trained, {counts.frozen / 1e6:.1f} M frozen)",
-        f"tokens per row: {plan.row_tokens:,} (from {tokens.source}: longest {tokens.longest:,}, "
+        f"tokens per row: {plan.row_tokens:,}, {plan.row_supervised:,} supervised "
+        f"(from {tokens.source}: longest {tokens.longest:,}, "
         f"p95 {tokens.p95:,.0f}, mean {tokens.mean:,.0f}, image tokens up to {tokens.image_tokens_max:,}"
         + (f"; {tokens.dropped} longer than model.max_length, dropped" if tokens.dropped else "")
         + ")",
@@ -85,6 +86,7 @@ def as_json(plan: Plan) -> dict[str, Any]:
         "zero_stage": plan.layout.stage,
         "micro_batch": plan.micro_batch,
         "row_tokens": plan.row_tokens,
+        "row_supervised_tokens": plan.row_supervised,
         "parameters": {"trainable": plan.counts.trainable, "frozen": plan.counts.frozen},
         "tokens": vars(plan.tokens),
     }

@@ -106,13 +106,18 @@ def build_tiny_model(
     image_size: int | None = None,
     overwrite: bool = False,
     text: dict | None = None,
+    vision: dict | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
 ) -> Path:
     """Writes a tiny random `family` model with its processor to `out` (same seed, same weights); returns `out`.
 
     `image_size` scales the vision input down (None: the published size). `text` overrides the language model's
     config (e.g. a wider `hidden_size`, with matching `intermediate_size`, `num_attention_heads` and `head_dim`),
-    for benchmarks on a larger model. Does nothing when `out` already holds one built with the same arguments,
-    unless `overwrite`.
+    for benchmarks on a larger model; `vision` updates the vision config alike (`trainer.testing.full_size` gives
+    both for a published checkpoint's real sizes), and `dtype`/`device` say where the weights are drawn and in
+    what they are stored (bf16 on a GPU for 7B shapes). Does nothing when `out` already holds one built with the
+    same arguments, unless `overwrite`.
     """
     if family not in KITS:
         raise ValueError(f"unknown family {family!r}; expected one of {tuple(KITS)}")
@@ -125,6 +130,8 @@ def build_tiny_model(
         "image_size": image_size,
         "kit_version": KIT_VERSION,
         **({"text": text} if text else {}),
+        **({"vision": vision} if vision else {}),
+        **({"dtype": dtype} if dtype != "float32" else {}),
     }
     marker = out / MARKER
     if marker.exists() and json.loads(marker.read_text()) == arguments and not overwrite:
@@ -135,7 +142,10 @@ def build_tiny_model(
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = build_tokenizer(published, corpus(), kit.extra_specials(published))
     processor = kit.build_processor(published, tokenizer, image_size)
-    model = build_model(kit.build_config(published, tokenizer, text or {}, image_size), tokenizer, published, seed)
+    config = kit.build_config(published, tokenizer, text or {}, image_size)
+    if vision:
+        config.vision_config.update(vision)
+    model = build_model(config, tokenizer, published, seed, getattr(torch, dtype), device)
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     (staging / MARKER).write_text(json.dumps(arguments))
@@ -144,10 +154,18 @@ def build_tiny_model(
     return out
 
 
-def build_model(config, tokenizer: PreTrainedTokenizerFast, published: Published, seed: int):
-    with torch.random.fork_rng(devices=[]):
+def build_model(
+    config,
+    tokenizer: PreTrainedTokenizerFast,
+    published: Published,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+):
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), device:
         torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config)
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     with torch.no_grad():
         # At width 64 with the default init (std 0.02) the logits stay within about ±1, so a frozen head
         # cannot express a confident answer and LoRA training stalls near log(vocab); a trained

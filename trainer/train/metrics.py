@@ -44,10 +44,12 @@ def commit(window: dict[str, Any], pending: dict[str, Any]) -> None:
 def step_metrics(
     window: dict[str, Any], ended: float, engine, state: TrainerState, world_size: int, parts: tuple[str, ...] = ()
 ) -> dict[str, float]:
-    """Means over the optimizer steps since the last metrics line; one all-reduce per line. `parts` are the
-    objective's loss parts, named alike on every rank (a rank whose micro-batches were all empty has none)."""
+    """Means over the optimizer steps since the last metrics line; one all-reduce per line. Each rank's `loss` is
+    its share of the steps' mean losses (summed over ranks: the steps' losses, each a mean over all its units).
+    `parts` are the objective's loss parts, means over micro-batches, named alike on every rank (a rank whose
+    micro-batches were all empty has none)."""
     micro = max(1, window["micro"])
-    means = [window["loss"] / micro] + [window["parts"].get(name, 0.0) / micro for name in parts]
+    means = [window["loss"] / max(1, window["steps"])] + [window["parts"].get(name, 0.0) / micro for name in parts]
     totals = torch.tensor(
         [window["tokens"], window["samples"], window["slots"], *means], dtype=torch.float64, device=engine.device
     )
@@ -55,7 +57,7 @@ def step_metrics(
         dist.all_reduce(totals)
     elapsed = ended - window["started"] - window["paused"]
     metrics = {
-        "train/loss": float(totals[3]) / world_size,
+        "train/loss": float(totals[3]),
         **{f"train/{name}": float(value) / world_size for name, value in zip(parts, totals[4:])},
         "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
         "train/epoch": state.epoch,

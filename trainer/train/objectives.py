@@ -1,7 +1,10 @@
 """What a micro-step minimises (`train.objective`): the language-model loss on the answers, or cross-entropy over
 a closed answer set at the answer position, optionally with swap consistency between a pair and its mirror.
 
-An objective returns the loss to backpropagate and its parts, which the metrics report as `train/<part>`.
+An objective returns the micro-batch's loss summed over its units (supervised tokens, or rows) and its parts
+(means, which the metrics report as `train/<part>`); `units(batch)` counts them before the forward, so that the
+trainer can weight each micro-step by the units of the whole optimizer step on every rank
+(`trainer.train.trainer`): gradient accumulation then equals one larger batch whatever each micro-batch holds.
 """
 
 from __future__ import annotations
@@ -9,16 +12,38 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainer.chat.tokens import IGNORE_INDEX
+
 Parts = dict[str, torch.Tensor]
 
 
+def next_token_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions whose next token is supervised, as a (batch, tokens) mask; those next tokens, row by row)."""
+    following = labels[:, 1:]
+    supervised = following != IGNORE_INDEX
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = supervised
+    return keep, following[supervised]
+
+
 class LanguageModelLoss:
+    """Next-token cross-entropy summed over the supervised tokens, with the head applied at those positions only
+    (transformers' boolean `logits_to_keep`): most positions of a VLM sample are image and prompt tokens, and
+    their (tokens × vocabulary) logits would be the largest activation of the step. The same loss and gradients
+    as the model's own mean loss times the token count (tests/unit/test_objectives.py)."""
+
     parts: tuple[str, ...] = ()
+
+    def units(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor | None) -> int:
+        return int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def __call__(
         self, model, inputs: dict[str, torch.Tensor], targets: torch.Tensor | None
     ) -> tuple[torch.Tensor, Parts]:
-        return model(**inputs, use_cache=False).loss, {}
+        forward = {key: value for key, value in inputs.items() if key != "labels"}
+        keep, next_tokens = next_token_targets(inputs["labels"])
+        logits = model(**forward, use_cache=False, logits_to_keep=keep).logits
+        return F.cross_entropy(logits.float(), next_tokens.to(logits.device), reduction="sum"), {}
 
 
 class ChoiceLoss:
@@ -38,16 +63,21 @@ class ChoiceLoss:
         logits = model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
         return logits[:, self.choice_ids.to(logits.device)].float()
 
+    def units(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> int:
+        return targets.numel()
+
     def __call__(self, model, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        """The rows' mean loss (cross-entropy, plus the consistency of each pair) times the rows."""
         logits = self.choice_logits(model, inputs)
         targets = targets.to(logits.device)
         cross_entropy = F.cross_entropy(logits, targets)
         parts = {"loss_ce": cross_entropy.detach(), "accuracy": (logits.argmax(dim=1) == targets).float().mean()}
+        rows = targets.numel()
         if self.swap_order is None:
-            return cross_entropy, parts
+            return cross_entropy * rows, parts
         consistency = self.consistency(logits)
         parts["loss_consistency"] = consistency.detach()
-        return cross_entropy + self.swap_weight * consistency, parts
+        return (cross_entropy + self.swap_weight * consistency) * rows, parts
 
     def consistency(self, logits: torch.Tensor) -> torch.Tensor:
         """Symmetric KL between each pair's distribution and its swapped twin's, read in the pair's order."""

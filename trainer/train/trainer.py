@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from trainer.batches.collate import Batch
 from trainer.config import deepspeed_json
@@ -162,19 +163,37 @@ class Trainer:
         before = self.run_eval() if self.config.eval.at_start and self.state.step == 0 else {}
         last_batch: Batch | None = None
         self.window = new_window()
-        while self.state.step < self.total_steps:
-            self.train_loader.set_epoch(self.state.epoch)
-            for batch in self.train_loader:
-                last_batch = self.micro_step(batch, last_batch)
-                if self.state.step >= self.total_steps:
-                    break
-            else:
-                self.state.epoch += 1
+        batches = self.micro_batches()
+        try:
+            while self.state.step < self.total_steps:
+                step_batches = [next(batches) for _ in range(self.config.train.grad_accum)]
+                loss_scale = self.loss_scale(step_batches)
+                for batch in step_batches:
+                    last_batch = self.micro_step(batch, last_batch, loss_scale)
+        finally:
+            batches.close()  # the loader's workers stop now, not whenever the suspended generator is collected
         after = self.run_eval()
         checkpoint = self.save(after)
         return self.summary(before, after, checkpoint)
 
-    def micro_step(self, batch: Batch, last_batch: Batch | None) -> Batch:
+    def micro_batches(self) -> Iterator[Batch]:
+        """The training batches, epoch after epoch (an optimizer step may span two epochs)."""
+        while True:
+            self.train_loader.set_epoch(self.state.epoch)
+            yield from self.train_loader
+            self.state.epoch += 1
+
+    def loss_scale(self, step_batches: list[Batch]) -> float:
+        """world size × accumulation / the optimizer step's units (supervised tokens or rows) on every rank: each
+        micro-step's summed loss times this, once DeepSpeed divides by the accumulation and averages the ranks'
+        gradients, gives the step's mean over all its units. One small all-reduce per optimizer step."""
+        units = sum(self.objective.units(batch.inputs, batch.targets) for batch in step_batches if len(batch))
+        total = torch.tensor(units, dtype=torch.int64, device=self.engine.device)
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        return self.world.world_size * len(step_batches) / max(int(total), 1)
+
+    def micro_step(self, batch: Batch, last_batch: Batch | None, loss_scale: float) -> Batch:
         self.state.dropped_samples += len(batch.dropped)
         usable = batch if len(batch) else last_batch
         if usable is None:
@@ -183,12 +202,13 @@ class Trainer:
                 f"model.max_length={self.config.model.max_length}: {batch.dropped})"
             )
         inputs = move(usable.inputs, self.engine.device, dtype_of(self.engine.module))
-        loss, parts = self.objective(self.engine, inputs, usable.targets)
+        loss_sum, parts = self.objective(self.engine, inputs, usable.targets)
+        loss = loss_sum * (loss_scale if len(batch) else 0.0)
         if not len(batch):
-            loss, parts = loss * 0.0, {}
+            parts = {}
         for callback in self.callbacks:
             loss = callback.on_micro_loss(self, loss)
-        self.accumulate(loss, parts, batch)
+        self.accumulate(loss, loss_scale, parts, batch)
         agreement = self.start_agreement() if self.engine.is_gradient_accumulation_boundary() else None
         self.engine.backward(loss)
         if agreement is not None:
@@ -199,9 +219,10 @@ class Trainer:
             self.end_optimizer_step(agreement)
         return usable
 
-    def accumulate(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], batch: Batch) -> None:
-        """Sums for the optimizer step under way; they join the metrics window only if it is applied."""
-        self.pending["losses"].append(loss.detach())
+    def accumulate(self, loss: torch.Tensor, loss_scale: float, parts: dict[str, torch.Tensor], batch: Batch) -> None:
+        """Sums for the optimizer step under way; they join the metrics window only if it is applied. The loss
+        kept is this micro-step's share of the step's mean loss (summed over micro-steps and ranks)."""
+        self.pending["losses"].append(loss.detach() / (self.world.world_size * self.config.train.grad_accum))
         for name, value in parts.items():
             self.pending["parts"].setdefault(name, []).append(value)
         self.pending["tokens"] += batch.num_tokens
@@ -315,6 +336,7 @@ class Trainer:
             "dropped_samples": self.state.dropped_samples,
             "accuracy_before": before.get("eval/accuracy"),
             "accuracy_after": after.get("eval/accuracy"),
+            "eval_loss_before": before.get("eval/loss"),
             "eval_loss_after": after.get("eval/loss"),
         }
         if self.world.is_main:
