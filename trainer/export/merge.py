@@ -13,6 +13,7 @@ from trainer.export.safetensors_reader import SafetensorsWeights
 from trainer.export.source import ExportError, Source, default_dtype, say, with_dtype
 from trainer.export.zero_reader import zero_tensors
 from trainer.models.dtypes import DTYPES
+from trainer.progress import progress
 
 CONSOLIDATION_CHUNKS = 64  # pages of 1/64 of the checkpoint read at most before a reopen unmaps them
 
@@ -68,7 +69,7 @@ def filled(model: nn.Module, tensors, dtype: str, origin: str, base: str) -> nn.
     from accelerate.utils import set_module_tensor_to_device
 
     own = set(model.state_dict())
-    for name, tensor in tensors:
+    for name, tensor in progress(tensors, len(own), f"read {Path(origin).name}", "tensor"):
         if name not in own:
             raise ExportError(f"{origin}: holds {name}, which the base model {base} does not have")
         set_module_tensor_to_device(model, name, "cpu", value=tensor, dtype=DTYPES[dtype])
@@ -102,7 +103,8 @@ def lora_merged(config: TrainConfig, adapter: Path, dtype: str) -> nn.Module:
         return with_adapter(load_base(with_dtype(config, merge_dtype(base, dtype))), adapter).merge_and_unload()
     model = filled(model, ((name, weights.read(stored[name])) for name in sorted(stored)), dtype, base, base)
     adapted = with_adapter(model, adapter)
-    for name, layer in lora_layers(adapted):
+    layers = lora_layers(adapted)
+    for name, layer in progress(layers, len(layers), "merge LoRA", "layer"):
         base_layer = layer.get_base_layer()
         base_layer.weight.data = weights.read(stored[f"{name}.weight"]).float()
         layer.merge()

@@ -19,6 +19,7 @@ from trainer.evaluate.generation import dtype_of, move
 from trainer.export.merge import reference_model
 from trainer.export.source import ExportError, Source, say
 from trainer.models.dtypes import DTYPES
+from trainer.progress import progress
 
 # Default tolerance on max |Δlogit| (see `default_tolerance`): absolute for fp32, plus a share of
 # max(1, max |logit|) for each half-precision dtype involved.
@@ -76,7 +77,7 @@ def verification_batches(samples: list, out: Path, max_length: int) -> list[dict
 
 
 @torch.no_grad()
-def masked_logits(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+def masked_logits(model: nn.Module, batches: list[dict[str, torch.Tensor]], what: str) -> list[torch.Tensor]:
     """fp32 logits at the real (attention-mask) positions of each batch, computed as the trainer computes them
     (Mllama's image-free tokens as in Meta's reference, `trainer.models.mllama_fix`)."""
     from trainer.models.mllama_fix import mask_image_free_rows
@@ -85,7 +86,7 @@ def masked_logits(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> l
     dtype = dtype_of(model)
     return [
         model(**move(b, torch.device("cpu"), dtype), use_cache=False).logits[b["attention_mask"].bool()].float()
-        for b in batches
+        for b in progress(batches, len(batches), what, "sample")
     ]
 
 
@@ -95,8 +96,8 @@ def verify(source: Source, config: TrainConfig, out: Path, count: int) -> dict:
 
     samples, where = verification_samples(config, count)
     batches = verification_batches(samples, out, config.model.max_length)
-    reference = masked_logits(reference_model(source, config), batches)
-    exported = masked_logits(AutoModelForImageTextToText.from_pretrained(out).eval(), batches)
+    reference = masked_logits(reference_model(source, config), batches, "verify: as trained")
+    exported = masked_logits(AutoModelForImageTextToText.from_pretrained(out).eval(), batches, "verify: exported")
     difference = max(float((got - want).abs().max()) for got, want in zip(exported, reference))
     return {
         "max_abs_logit_diff": difference,

@@ -1,4 +1,5 @@
-"""Metrics, rank 0 only: `metrics.jsonl` always, Weights & Biases when enabled, a console line with ETA.
+"""Metrics, rank 0 only: `metrics.jsonl` always, Weights & Biases when enabled, and on the console a progress bar
+(ETA, loss, tokens/s) when stderr is a terminal, else a line per logged step with ETA (SLURM logs stay readable).
 
 Other ranks get a tracker that does nothing, so calling code never branches on the rank. Every line carries
 `perf/wall_time_s`, the seconds since the run's tracker started, continued across resumes (the time between a kill
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config.schema import TrackingSection
+from trainer.progress import StepBar, on_terminal
 from trainer.run_folder import RunFolder
 
 log = logging.getLogger("shardtune")
@@ -43,6 +45,7 @@ class Tracker:
         self.started = self.opened = time.monotonic()
         self.wall_offset = 0.0 if fresh else logged_wall_time(run.metrics)
         self.first_step: int | None = None
+        self.bar = StepBar(total_steps, 0 if fresh else logged_step(run.metrics)) if on_terminal() else None
         # a fresh run starts the file over; a resumed one continues it
         self.metrics_file = open(  # noqa: SIM115 -- open for the run, closed by close()
             run.metrics, "w" if fresh else "a", encoding="utf-8"
@@ -58,7 +61,11 @@ class Tracker:
         self.metrics_file.flush()
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=step)
-        if "train/loss" in metrics:
+        if "train/loss" not in metrics:
+            return
+        if self.bar is not None:
+            self.bar.update(step, record)
+        else:
             log.info(self.progress_line(record, step))
 
     def progress_line(self, record: dict[str, Any], step: int) -> str:
@@ -80,6 +87,8 @@ class Tracker:
                 self.wandb_run.summary[key] = to_number(value)
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
         self.metrics_file.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
@@ -120,6 +129,10 @@ def logged_lines(metrics: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a line cut short by the kill
     return records
+
+
+def logged_step(metrics: Path) -> int:
+    return max((line["step"] for line in logged_lines(metrics) if "step" in line), default=0)
 
 
 def logged_wall_time(metrics: Path) -> float:
