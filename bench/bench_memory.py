@@ -115,6 +115,7 @@ def overrides(model: Path, shards: Path, run: Path, steps: int, extra: list[str]
         "train.micro_batch_size=4",
         "tracking.wandb=disabled",
         "checkpoint.every_steps=0",
+        "checkpoint.resume=none",
         "eval.at_start=false",
         f"train.callbacks=[{CALLBACK}]",
         *extra,

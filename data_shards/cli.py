@@ -1,4 +1,4 @@
-"""`python -m data_shards build|validate|inspect|synth|pairs`."""
+"""`python -m data_shards build|validate|index|inspect|synth|pairs`."""
 
 from __future__ import annotations
 
@@ -176,6 +176,18 @@ def command_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_index(args: argparse.Namespace) -> int:
+    """Exit status 1 when a tar was left out as corrupt (the index of the others is written)."""
+    from data_shards.foreign import Fields
+    from data_shards.foreign_index import index_folder, summary_lines
+
+    report = index_folder(args.path, Fields.parse(args.fields, args.caption_prompt), args.validate)
+    print("\n".join(summary_lines(report, args.path)))
+    for name, error in report["corrupt_tars"].items():
+        print(f"error: {args.path / name}: corrupt tar, left out of the index ({error})", file=sys.stderr)
+    return 1 if report["corrupt_tars"] else 0
+
+
 def command_synth(args: argparse.Namespace) -> int:
     from data_shards.synthetic import make_dataset
 
@@ -215,6 +227,16 @@ def parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="folder for report.json, report.md, rejects.jsonl"
     )
     validate_parser.set_defaults(run=command_validate)
+    index_parser = commands.add_parser("index", help="index WebDataset tars written by others, in place")
+    index_parser.add_argument("path", type=Path, help="folder of *.tar (e.g. img2dataset output)")
+    index_parser.add_argument(
+        "--fields",
+        help="member extensions: NAME=EXT,... with NAME image or caption (default image=jpg/jpeg/png/webp, "
+        "caption=txt), e.g. caption=txt,image=jpg",
+    )
+    index_parser.add_argument("--caption-prompt", default=SourceOptions.caption_prompt, help="the user turn")
+    index_parser.add_argument("--validate", action="store_true", help="decode every image, leave out bad ones")
+    index_parser.set_defaults(run=command_index)
     inspect_parser = commands.add_parser("inspect", help="counts and a few samples of built shards")
     inspect_parser.add_argument("path", type=Path, help="a build output folder or one split folder")
     inspect_parser.add_argument("--samples", type=int, default=3, help="samples to print per split")

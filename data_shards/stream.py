@@ -27,6 +27,7 @@ import torch
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_shards.foreign import sample_reader
 from data_shards.index import INDEX_NAME, load_index
 from data_shards.order import EpochOrder, epoch_order, rank_positions, samples_per_rank, subset_size, worker_items
 from data_shards.sample import Sample, SchemaError, from_members
@@ -161,6 +162,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.index, all_shards = resolve_shards(source, index)
         self.shards = usable_shards(all_shards, self.config.on_corrupt)
+        self.to_sample = sample_reader(self.index, [shard.url for shard in all_shards])
         if not self.shards or sum(s.samples for s in self.shards) == 0:
             raise ValueError(f"{source}: no readable samples in {len(all_shards)} shards")
         self.epoch = 0
@@ -196,7 +198,7 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         mine = positions[worker_items(len(positions), self.config.batch_size, worker, workers)]
-        reader = ShardReader(self.shards, self.config)
+        reader = ShardReader(self.shards, self.config, self.to_sample)
         try:
             for chunk in chunks_by_block(mine, order.block):
                 yield from reader.read(order.shard[chunk], order.sample[chunk])
@@ -231,6 +233,7 @@ class ShardReader:
 
     shards: list[Shard]
     config: StreamConfig
+    to_sample: Callable[[dict[str, bytes]], Sample] = from_members
     handles: dict[int, Any] = field(default_factory=dict)
 
     def read(self, shard_ids: np.ndarray, sample_ids: np.ndarray) -> Iterator[Sample | Skipped]:
@@ -288,7 +291,7 @@ class ShardReader:
                 raise CorruptShardError(f"{shard.url}: sample {sample} missing (stream ended early)")
             if isinstance(raw, Exception):
                 raise raw
-            decoded = from_members(raw)
+            decoded = self.to_sample(raw)
             if self.config.decode:
                 for image in decoded.images:
                     image.decode()

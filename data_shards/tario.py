@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 BLOCK = 512
+KEY = "__key__"  # the WebDataset name of the sample key, added to each sample's members (as UTF-8 bytes)
+REGULAR_FILE = (b"0", b"\0", b"7")  # regular, old-style regular, contiguous
 
 
 class CorruptShardError(Exception):
@@ -43,18 +45,30 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def members_in_range(blob: bytes, where: str) -> dict[str, bytes]:
-    """Members (suffix → bytes) of one sample, from the bytes between its offsets in the index."""
-    members, offset = {}, 0
+    """Members (suffix → bytes, and `__key__`) of one sample, from the bytes between its offsets in the index.
+
+    Stops where the key changes: in tars written by others, rejected samples may lie inside the range. Entries
+    other than regular files (pax or GNU extension headers, folders) are stepped over.
+    """
+    members, offset, key = {}, 0, None
     while offset < len(blob):
-        parsed = parse_header(blob[offset : offset + BLOCK], where)
+        header = blob[offset : offset + BLOCK]
+        parsed = parse_header(header, where)
         if parsed is None:
             break
         name, size = parsed
-        data = blob[offset + BLOCK : offset + BLOCK + size]
+        start, offset = offset + BLOCK, offset + BLOCK + (size + BLOCK - 1) // BLOCK * BLOCK
+        if header[156:157] not in REGULAR_FILE:
+            continue
+        member_key, suffix = split_name(name)
+        if key is not None and member_key != key:
+            break
+        data = blob[start : start + size]
         if len(data) != size:
             raise CorruptShardError(f"{where}: member {name} is truncated")
-        members[split_name(name)[1]] = data
-        offset += BLOCK + (size + BLOCK - 1) // BLOCK * BLOCK
+        key, members[suffix] = member_key, data
+    if key is not None:
+        members[KEY] = key.encode()
     return members
 
 

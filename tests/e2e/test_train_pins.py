@@ -298,3 +298,22 @@ def test_zero3_resume_across_the_epoch_boundary(
     assert list(by_step(whole, "train/epoch").values()) == epochs
     assert list(by_step(broken, "train/epoch").values()) == epochs
     assert json.loads((broken / "train_summary.json").read_text())["steps"] == total
+
+
+# --- (e) QLoRA resumes exactly, from checkpoints that leave the frozen base out -----------------------------------
+
+QLORA = (ZERO2, "quant.load_in_4bit=true", "optimizer.schedule=constant", "train.micro_batch_size=4")
+
+
+def test_qlora_resume_continues_exactly_from_a_checkpoint_without_the_base(tiny_llava, color_shards, tmp_path):
+    """bitsandbytes' packed weights save quantisation states a strict load refuses; LoRA checkpoints leave every
+    frozen weight out (the base is loaded from model.path again), so a QLoRA run resumes, with the same losses."""
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    train(tiny_llava, color_shards, whole, *QLORA, "train.max_steps=6")
+    train(tiny_llava, color_shards, broken, *QLORA, "train.max_steps=3")
+    saved = torch.load(broken / "checkpoints/step00000003/mp_rank_00_model_states.pt", weights_only=False)["module"]
+    frozen = [name for name in saved if "lora_" not in name and "multi_modal_projector" not in name]
+    assert saved and not [name for name in frozen if name.endswith((".weight", ".bias"))]  # 4-bit metadata only
+    train(tiny_llava, color_shards, broken, *QLORA, "train.max_steps=6", "checkpoint.resume=auto")
+    expected, got = train_losses(whole), train_losses(broken)
+    assert [got[s] for s in (4, 5, 6)] == pytest.approx([expected[s] for s in (4, 5, 6)], rel=1e-6)

@@ -3,6 +3,11 @@
 Where each file goes is `trainer.run_folder`'s. The `complete` marker is written, and `latest` replaced
 atomically, only after every rank has written. Old checkpoints beyond `keep_last` are pruned, except
 the best by the configured metric.
+
+With `frozen_from_base` (LoRA, QLoRA) the frozen weights are left out of DeepSpeed's files: they are the base
+model's, which a resume loads again from `model.path`. That keeps a 7B LoRA checkpoint at the adapter's size, and
+it is what makes QLoRA resumable at all: bitsandbytes' packed weights save quantisation states under names a
+strict load refuses. The load is then not strict, and checks instead that every trained tensor was in the files.
 """
 
 from __future__ import annotations
@@ -37,8 +42,17 @@ def barrier() -> None:
 
 
 class CheckpointManager:
-    def __init__(self, run_dir: Path, rank: int, keep_last: int, best_metric: str, best_mode: str):
+    def __init__(
+        self,
+        run_dir: Path,
+        rank: int,
+        keep_last: int,
+        best_metric: str,
+        best_mode: str,
+        frozen_from_base: bool = False,
+    ):
         self.run = RunFolder(run_dir)
+        self.frozen_from_base = frozen_from_base
         self.root = self.run.checkpoints
         self.rank = rank
         self.keep_last = keep_last
@@ -48,7 +62,9 @@ class CheckpointManager:
     def save(self, engine, state: TrainerState, adapter_saver=None) -> Path:
         tag = tag_for(state.step)
         checkpoint = self.run.checkpoint(tag)
-        engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
+        engine.save_checkpoint(
+            str(self.root), tag=tag, save_latest=False, exclude_frozen_parameters=self.frozen_from_base
+        )
         torch.save({"rng": rng_state(), "stream": state.stream}, checkpoint.rank_state(self.rank))
         if adapter_saver is not None:
             adapter_saver(checkpoint.adapter)
@@ -110,8 +126,14 @@ class CheckpointManager:
 
     def load(self, engine, directory: Path) -> TrainerState:
         engine.load_checkpoint(
-            str(directory.parent), tag=directory.name, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(directory.parent),
+            tag=directory.name,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+            load_module_strict=not self.frozen_from_base,
         )
+        if self.frozen_from_base:
+            check_trained_tensors_saved(engine.module, directory)
         checkpoint = Checkpoint(directory)
         state = TrainerState(**json.loads(checkpoint.trainer_state.read_text()))
         own = checkpoint.rank_state(self.rank)
@@ -120,6 +142,17 @@ class CheckpointManager:
         else:
             log.warning("%s has no RNG state for rank %d (world size changed?): RNG not restored", directory, self.rank)
         return state
+
+
+def check_trained_tensors_saved(module, directory: Path) -> None:
+    """Every trained tensor is in DeepSpeed's module file (ZeRO-0/1/2; ZeRO-3 keeps them in its partitions)."""
+    path = directory / "mp_rank_00_model_states.pt"
+    if not path.exists():
+        return
+    saved = set(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["module"] or {})
+    missing = [name for name, p in module.named_parameters() if p.requires_grad and name not in saved]
+    if missing:
+        raise CheckpointError(f"{directory}: lacks {len(missing)} trained tensors, e.g. {missing[:3]}")
 
 
 def save_adapter(model, directory: Path, rank: int, run_config: dict[str, Any] | None = None) -> None:

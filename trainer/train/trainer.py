@@ -93,6 +93,7 @@ class Trainer:
             config.checkpoint.keep_last,
             config.checkpoint.best_metric,
             config.checkpoint.best_mode,
+            frozen_from_base=config.lora.enabled,
         )
         self.tracker = None
         self.window = new_window()
