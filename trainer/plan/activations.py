@@ -8,6 +8,8 @@ The other terms are counted from shapes:
   cross-entropy keeps (supervised tokens × vocab), and backward holds two more such gradients at its start,
   when every layer's activations are still alive;
 - the embeddings, the image features merged into them and the final norm: four (tokens × hidden) tensors;
+- backward's working set in a layer: the gradients of its MLP's down-projection input, activation output and
+  gate/up outputs and of three hidden-sized tensors live at once, 3 × tokens × (intermediate + hidden);
 - gradient checkpointing (non-reentrant, per decoder layer): each layer keeps its input, and backward
   recomputes one layer at a time.
 On the meta device SDPA falls back to its math form, which keeps the (tokens x tokens) attention weights, while
@@ -29,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 FP32 = 4
 HEAD_COPIES = 3  # the saved fp32 log-probabilities and, at backward's start, their gradient and the logits'
 EDGE_TENSORS = 4  # token embeddings, the embeddings with image features merged, the final norm's input and output
+BACKWARD_BUFFERS = 3  # gradient buffers of each width alive at once in a layer's backward (see the docstring)
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,12 @@ class Activations:
     head: int
     edges: int
     checkpointed_layer_input: int
+    backward_working: int
 
     def total(self, checkpointing: bool) -> int:
-        if checkpointing:
-            return self.layers * self.checkpointed_layer_input + self.per_layer + self.head + self.edges
-        return self.layers * self.per_layer + self.head + self.edges
+        kept = self.layers * (self.checkpointed_layer_input if checkpointing else self.per_layer)
+        recomputed = self.per_layer if checkpointing else 0
+        return kept + recomputed + self.head + self.edges + self.backward_working
 
 
 class FusedAttention(TorchFunctionMode):
@@ -118,6 +122,7 @@ def measure(
     tokens: int,
     supervised: int,
     hidden: int,
+    intermediate: int,
     vocab: int,
     dtype: torch.dtype,
 ) -> Activations:
@@ -129,4 +134,5 @@ def measure(
         head=HEAD_COPIES * batch * supervised * vocab * FP32,
         edges=EDGE_TENSORS * per_token_hidden,
         checkpointed_layer_input=per_token_hidden,
+        backward_working=BACKWARD_BUFFERS * batch * tokens * (intermediate + hidden) * element,
     )

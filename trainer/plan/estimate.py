@@ -76,7 +76,9 @@ def activation_bytes(
 ) -> dict[bool, float]:
     """Per sample (a row of `tokens`, `supervised` of them): activations scale with the micro batch."""
     language = language_model(model, parts)
-    measured = activations.measure(model, language, 1, tokens, supervised, text.hidden, text.vocab, dtype)
+    measured = activations.measure(
+        model, language, 1, tokens, supervised, text.hidden, text.intermediate, text.vocab, dtype
+    )
     return {checkpointing: float(measured.total(checkpointing)) for checkpointing in (False, True)}
 
 

@@ -31,6 +31,7 @@ class ParameterCounts:
 @dataclass(frozen=True)
 class TextShape:
     hidden: int
+    intermediate: int
     layers: int
     vocab: int
 
@@ -71,4 +72,5 @@ def count_parameters(model: nn.Module, parts: ModelParts) -> ParameterCounts:
 
 def text_shape(model: nn.Module) -> TextShape:
     text = getattr(model.config, "text_config", model.config)
-    return TextShape(hidden=text.hidden_size, layers=text.num_hidden_layers, vocab=text.vocab_size)
+    intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
+    return TextShape(text.hidden_size, intermediate, text.num_hidden_layers, text.vocab_size)
