@@ -12,7 +12,6 @@ setup(
         "pillow>=10",
         "pyyaml>=6",
         "tqdm>=4.60",
-        "webdataset>=1.0.2,<1.1",
         "braceexpand>=0.1.7",
         "transformers>=5.20,<6",
         "tokenizers>=0.22",
@@ -27,7 +26,8 @@ setup(
         "pyarrow>=15",  # data_shards: Hugging Face parquet and save_to_disk (arrow) datasets
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.15,<0.18"],
+        # webdataset: tests read our shards with it; data_shards reads tars itself (it needs each member's offset)
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.15,<0.18", "webdataset>=1.0.2,<1.1"],
         "quant": ["bitsandbytes>=0.49"],
         "flash": ["flash-attn>=2.6"],
     },

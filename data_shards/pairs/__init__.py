@@ -5,12 +5,12 @@
     python -m data_shards pairs --fold-csvs 'train_fold{k}_*.csv' 'eval_fold{k}_*.csv' --image-root Images --out OUT
         [--allow-leakage]
 
-From scores (`name score` lines, or a CSV `image,score`): images are dealt into K folds stratified by
-equal-count score bins (`folds`). Fold k (counted from 1, like LMOL's file names) holds out fold k's
-images: `OUT/fold{k}/val` gets every unordered pair of them (C(n,2)), or a seeded uniform sample of N;
-`OUT/fold{k}/train` gets N pairs of the other folds' images, a third of each label, no unordered pair
-twice (`sampling`). A label class that the images cannot fill to its third is an error that says how
-many pairs the images allow: balance is never silently given up.
+From scores (`name score` lines, or a CSV `image,score`): images are dealt into K folds stratified by equal-count
+score bins (`folds`). Fold k (counted from 0: fold0 … fold{K-1}, as the k-fold launcher and `--array-folds` expect)
+holds out fold k's images: `OUT/fold{k}/val` gets every unordered pair of them (C(n,2)), or a seeded uniform sample
+of N; `OUT/fold{k}/train` gets N pairs of the other folds' images, a third of each label, no unordered pair twice
+(`sampling`). A label class that the images cannot fill to its third is an error that says how many pairs the
+images allow: balance is never silently given up.
 
 Labels, with margin m: Similar when |s1 - s2| < m, First when s1 - s2 >= m (the first image scores
 higher), Second when s2 - s1 >= m. Each pair is written in one order only (random for Similar and

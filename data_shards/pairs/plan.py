@@ -32,7 +32,7 @@ class PairSettings:
 
 @dataclass
 class FoldPlan:
-    """Fold `number` (from 1): image indices held out (val) and kept (train), with pairs of those indices."""
+    """Fold `number` (from 0): image indices held out (val) and kept (train), with pairs of those indices."""
 
     number: int
     images: dict[str, np.ndarray]

@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 def train_folds(args: argparse.Namespace, runs: list[RunSpec]) -> int:
     from trainer.kfold.launch import run_training
 
+    group = f"tracking.group={Path(args.out).resolve().name}-kfold{len(runs)}"  # as a SLURM array names its folds
     for run in runs:
-        code = run_training(
-            args.config, [*args.overrides, *run.overrides, f"train.output_dir={run.output_dir}"], args.ranks
-        )
+        overrides = [group, *args.overrides, *run.overrides, f"train.output_dir={run.output_dir}"]
+        code = run_training(args.config, overrides, args.ranks)
         if code != 0:
             print(f"error: {run.name} ended with exit code {code}; later folds not started", file=sys.stderr)
             return code
