@@ -38,7 +38,11 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    train: str = option("", help="training shards: a split folder, a brace pattern or pipe: URLs")
+    train: str = option(
+        "",
+        help="training shards: a split folder, a brace pattern or pipe: URLs; or a weighted mix of such, "
+        "`A:0.7,B:0.3` (an epoch as long as the splits together, each filling its weight's share)",
+    )
     val: str = option("", help="validation shards (empty: no evaluation)")
     index: str = option("", help="index.json for brace/pipe sources (a folder finds its own)")
     num_workers: int = option(2, help="DataLoader worker processes per rank")

@@ -8,7 +8,8 @@ from itertools import islice
 
 import numpy as np
 
-from data_shards.stream import ShardStream, Skipped, StreamConfig
+from data_shards.mix import open_split
+from data_shards.stream import Skipped, StreamConfig
 from trainer.chat.tokens import IGNORE_INDEX
 from trainer.config.schema import TrainConfig
 
@@ -39,7 +40,7 @@ def measure(config: TrainConfig, model, processor, limit: int) -> TokenLengths:
     from trainer.train.loaders import make_collator
 
     collator = make_collator(processor, model, config)
-    stream = ShardStream(config.data.train, config=StreamConfig(shuffle=False), rank=0, world_size=1)
+    stream = open_split(config.data.train, config=StreamConfig(shuffle=False), rank=0, world_size=1)
     lengths, supervised, images, dropped = [], [], [], 0
     for sample in islice((s for s in stream if not isinstance(s, Skipped)), limit):
         batch = collator([sample])

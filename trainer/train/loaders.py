@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+from data_shards.mix import MixStream, open_split
 from data_shards.order import samples_per_rank
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig
 from trainer.batches.choice import ChoiceCollator, choice_token_ids
@@ -71,9 +72,11 @@ def make_loader(config: TrainConfig, world: WorldInfo, source: str, collate, shu
         on_corrupt=data.on_corrupt,
         sample_fraction=data.sample_fraction if shuffle else 1.0,
     )
-    stream = ShardStream(
+    stream = open_split(
         source, index=data.index or None, config=stream_config, rank=world.rank, world_size=world.world_size
     )
+    if isinstance(stream, MixStream):
+        log.info(stream.describe())
     if stream_config.sample_fraction < 1:  # INFO reaches the console on rank 0 only (the trainer's logging)
         log.info(
             "data.sample_fraction=%g: %d of %d training samples",
@@ -84,7 +87,7 @@ def make_loader(config: TrainConfig, world: WorldInfo, source: str, collate, shu
     return ShardLoader(stream, num_workers=data.num_workers, collate_fn=collate)
 
 
-def planned_steps(config: TrainConfig, stream: ShardStream) -> int:
+def planned_steps(config: TrainConfig, stream: ShardStream | MixStream) -> int:
     """`train.max_steps`, or the optimizer steps of `train.epochs` whole epochs (equal on every rank); an epoch is
     a pass over the `data.sample_fraction` subset."""
     if config.train.max_steps:

@@ -24,6 +24,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from data_shards.index import INDEX_NAME
+from data_shards.mix import parse_mix
 from data_shards.stream import local_shard_problem, resolve_shards
 from trainer.config.fields import ConfigError
 from trainer.config.schema import DataSection, TrainConfig
@@ -105,9 +106,17 @@ def offline() -> bool:
 
 
 def data_problems(key: str, source: str, data: DataSection) -> list[str]:
-    """A split's source and its index, read by the stream's own loader (`resolve_shards`)."""
+    """A split's source and its index, read by the stream's own loader (`resolve_shards`); each split of a mix."""
     if not source:
         return []
+    try:
+        parts = parse_mix(source)
+    except ValueError as error:
+        return [f"{key}: {error}"]
+    if parts is not None:
+        if data.index:
+            return [f"{key}: a mix reads each split with its own index; data.index={data.index} cannot be used"]
+        return [problem for part in parts for problem in data_problems(key, part.path, data)]
     index = data.index or None
     problem = source_problem(key, source, index)
     if problem:
