@@ -5,8 +5,9 @@ Models: random weights at the published sizes of LLaVA-1.5-7B, Qwen2.5-VL-7B and
 (`trainer.testing.full_size`: their real widths, depths and vocabularies, the tiny kit's tokenizer and processor
 at the published image settings), drawn on the GPU in bf16 and saved once under `--out`. Data: single-image
 description samples, 640×640 photos-like pictures (resized by each processor as the real checkpoint's would), answers
-of 20 to 120 words. Every case trains `--steps` optimizer steps under the deepspeed launcher on one GPU; figures
-are over the steps after `--warmup`.
+of 20 to 120 words. Every case trains `--steps` optimizer steps on one GPU (one process, `python launch/train.py`;
+the HF baseline under the deepspeed launcher, which HF's DeepSpeed integration needs); figures are over the steps
+after `--warmup`.
 
 - tokens/s: non-pad tokens per second (the trainer's `perf/tokens_per_s`);
 - MFU: model FLOPs per second over the GPU's dense bf16 peak. Model FLOPs count the language model's matmuls
@@ -163,15 +164,14 @@ def case_overrides(case: Case, model: Path, split: Path, run: Path, args: argpar
     ]
 
 
-def launch(script: Path, arguments: list[str], log: Path) -> float:
-    command = deepspeed_command(1, script, arguments)
+def launch(command: list[str], log: Path) -> float:
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with log.open("w") as handle:
         code = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, stdout=handle, stderr=subprocess.STDOUT)
     if code.returncode:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-        raise RuntimeError(f"{script.name} failed (exit {code.returncode}); log {log}:\n{tail}")
+        raise RuntimeError(f"{command[:3]} failed (exit {code.returncode}); log {log}:\n{tail}")
     return time.monotonic() - started
 
 
@@ -191,7 +191,8 @@ def our_figures(run: Path, warmup: int) -> dict:
 def hf_tokens_per_s(case: Case, model: Path, split: Path, run: Path, args: argparse.Namespace) -> float:
     out = run / "hf.json"
     arguments = ["--steps", str(args.steps), "--out", str(out), "--config", str(RECIPE)]
-    launch(ROOT / "bench/hf_trainer_loop.py", arguments + case_overrides(case, model, split, run, args), run / "hf.log")
+    arguments += case_overrides(case, model, split, run, args)
+    launch(deepspeed_command(1, ROOT / "bench/hf_trainer_loop.py", arguments), run / "hf.log")
     result = json.loads(out.read_text())
     ends = [result["begin"], *result["step_ends"]][args.warmup :]
     return sum(result["tokens"][args.warmup :]) / (ends[-1] - ends[0])
@@ -236,7 +237,9 @@ def run_case(case: Case, args: argparse.Namespace, split: Path) -> dict:
     run = args.out / "runs" / case.name
     shutil.rmtree(run, ignore_errors=True)
     arguments = case_overrides(case, model, split, run, args)
-    wall = launch(ROOT / "launch/train.py", ["--config", str(RECIPE), *arguments], run / "train.log")
+    # one GPU, one process: no launcher (launch/train.py sets up a world of one itself)
+    train = [sys.executable, str(ROOT / "launch/train.py"), "--config", str(RECIPE), *arguments]
+    wall = launch(train, run / "train.log")
     figures = {"wall_s": wall, **our_figures(run, args.warmup)}
     config = load(RECIPE, arguments)
     lengths = token_lengths.measure(config, meta_model(config)[0], load_processor(str(model)), 128)
