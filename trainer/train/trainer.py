@@ -209,7 +209,7 @@ class Trainer:
             parts = {}
         for callback in self.callbacks:
             loss = callback.on_micro_loss(self, loss)
-        self.accumulate(loss, loss_scale, parts, batch)
+        self.accumulate(loss, parts, batch)
         agreement = self.start_agreement() if self.engine.is_gradient_accumulation_boundary() else None
         self.engine.backward(loss)
         if agreement is not None:
@@ -220,7 +220,7 @@ class Trainer:
             self.end_optimizer_step(agreement)
         return usable
 
-    def accumulate(self, loss: torch.Tensor, loss_scale: float, parts: dict[str, torch.Tensor], batch: Batch) -> None:
+    def accumulate(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], batch: Batch) -> None:
         """Sums for the optimizer step under way; they join the metrics window only if it is applied. The loss
         kept is this micro-step's share of the step's mean loss (summed over micro-steps and ranks)."""
         self.pending["losses"].append(loss.detach() / (self.world.world_size * self.config.train.grad_accum))
