@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from data_shards.build import BuildConfig, build  # noqa: E402
 from data_shards.images import ImagePolicy  # noqa: E402
-from data_shards.index import INDEX_NAME, load_index  # noqa: E402
+from data_shards.index import INDEX_NAME, OFFSETS_NAME, OffsetTable, load_index  # noqa: E402
 from data_shards.sample import Sample, from_members  # noqa: E402
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig  # noqa: E402
 from data_shards.synthetic import make_loose_benchmark_set  # noqa: E402
@@ -164,9 +164,12 @@ class MemoryJpegs(Dataset):
 def stored_jpegs(split_dir: Path) -> list[bytes]:
     """The first image's bytes of every sample, exactly as stored in the split's shards."""
     blobs = []
-    for shard in load_index(split_dir / INDEX_NAME)["shards"]:
-        data, offsets = (split_dir / shard["name"]).read_bytes(), shard["offsets"]
-        for start, end in zip(offsets, offsets[1:]):
+    index = load_index(split_dir / INDEX_NAME)
+    offsets = OffsetTable.load(index, split_dir / OFFSETS_NAME, str(split_dir))
+    for shard in index["shards"]:
+        data = (split_dir / shard["name"]).read_bytes()
+        for sample in range(shard["samples"]):
+            start, end = offsets.span(shard["name"], sample)
             blobs.append(from_members(members_in_range(data[start:end], shard["name"])).images[0].data)
     return blobs
 

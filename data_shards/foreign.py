@@ -79,13 +79,9 @@ def is_foreign(index: dict[str, Any]) -> bool:
     return index.get("layout", {}).get("kind") == LAYOUT_KIND
 
 
-def sample_reader(index: dict[str, Any], urls: list[str]) -> Callable[[dict[str, bytes]], Sample]:
-    """How the stream turns members into a Sample: our schema, or the index's foreign layout (local tars only:
-    a pipe is read front to back and would count the samples the index left out)."""
+def sample_reader(index: dict[str, Any]) -> Callable[[dict[str, bytes]], Sample]:
+    """How the stream turns members into a Sample: our schema, or the index's foreign layout."""
     if not is_foreign(index):
         return from_members
-    pipes = [url for url in urls if url.startswith("pipe:")]
-    if pipes:
-        raise ValueError(f"{pipes[0]}: tars indexed in place are read from local files only, not pipe: commands")
     fields = Fields.from_layout(index["layout"])
     return partial(to_sample, fields=fields)  # picklable, for spawned DataLoader workers

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny LLaVA and small colour-task shards, built once per test session."""
 
+import hashlib
 import io
 import json
 import logging
@@ -21,6 +22,13 @@ REPLACED_TEMPLATES = {
     "llava_onevision": ROOT / "configs/templates/llava-onevision.jinja",
     "paligemma": ROOT / "configs/templates/paligemma.jinja",
 }
+
+
+@pytest.fixture(autouse=True)
+def private_shard_cache(request, tmp_path_factory, monkeypatch) -> None:
+    """Each test its own node-local shard cache: a copy cached by one test never answers another's transfer."""
+    name = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    monkeypatch.setenv("SHARDTUNE_CACHE", str(tmp_path_factory.getbasetemp() / "shard-cache" / name))
 
 
 @pytest.fixture(scope="session")

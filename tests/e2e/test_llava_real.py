@@ -11,6 +11,7 @@ from conftest import run_process_group
 from PIL import Image
 
 from data_shards.build import BuildConfig, build
+from data_shards.index import shard_keys
 from data_shards.stream import ShardStream, StreamConfig
 
 RED, BLUE = (200, 30, 30), (30, 30, 200)
@@ -204,8 +205,7 @@ def test_derived_keys_do_not_depend_on_the_worker_count(tmp_path):
             "--workers",
             workers,
         )
-        index = json.loads((out / "train" / "index.json").read_text())
-        keys.append([key for shard in index["shards"] for key in shard["keys"]])
+        keys.append([key for shard_keys_ in shard_keys(out / "train").values() for key in shard_keys_])
     assert keys[0] == keys[1] and len(set(keys[0])) == 4
 
 

@@ -209,9 +209,9 @@ def template_lengths(tiny_llava: Path, shards: Path) -> dict[str, int]:
 
     processor = AutoProcessor.from_pretrained(tiny_llava)
     raw = shards.parent / "raw"
-    train_keys = {
-        key for shard in json.loads((shards / "train" / "index.json").read_text())["shards"] for key in shard["keys"]
-    }
+    from data_shards.index import shard_keys
+
+    train_keys = {key for keys in shard_keys(shards / "train").values() for key in keys}
     lengths = {}
     for record in json.loads((raw / "data.json").read_text()):
         if record["id"] not in train_keys:

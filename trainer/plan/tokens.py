@@ -8,8 +8,8 @@ from itertools import islice
 
 import numpy as np
 
-from data_shards.mix import open_split
 from data_shards.stream import Skipped, StreamConfig
+from data_shards.stream.mix import open_split
 from trainer.chat.tokens import IGNORE_INDEX
 from trainer.config.schema import TrainConfig
 

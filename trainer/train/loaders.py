@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import math
 
-from data_shards.mix import MixStream, open_split
-from data_shards.order import samples_per_rank
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig
+from data_shards.stream.deal import samples_per_rank
+from data_shards.stream.mix import MixStream, open_split
 from trainer.batches.choice import ChoiceCollator, choice_token_ids
 from trainer.batches.collate import Collator, build_collator
 from trainer.chat.answers import TemplateError
@@ -92,6 +92,6 @@ def planned_steps(config: TrainConfig, stream: ShardStream | MixStream) -> int:
     a pass over the `data.sample_fraction` subset."""
     if config.train.max_steps:
         return config.train.max_steps
-    per_rank = samples_per_rank(stream.epoch_samples, 0, stream.world_size, stream.config.remainder)
+    per_rank = samples_per_rank(stream.epoch_samples, stream.world_size, stream.config.remainder)
     micro_batches = math.ceil(per_rank / stream.config.batch_size)
     return max(1, config.train.epochs * micro_batches // config.train.grad_accum)

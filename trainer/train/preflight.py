@@ -24,8 +24,8 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from data_shards.index import INDEX_NAME
-from data_shards.mix import parse_mix
 from data_shards.stream import local_shard_problem, resolve_shards
+from data_shards.stream.mix import parse_mix
 from trainer.config.fields import ConfigError
 from trainer.config.schema import DataSection, TrainConfig
 from trainer.train.checkpoints import CheckpointManager
@@ -165,7 +165,7 @@ def shard_problems(key: str, source: str, shards: list, policy: str) -> list[str
     """The stream skips unreadable local shards (or stops, with on_corrupt=fail): refuse a split it cannot read."""
     if sum(shard.samples for shard in shards) == 0:
         return [f"{key}: {source}: the index lists no samples"]
-    bad = [(shard, problem) for shard in shards if not shard.is_pipe and (problem := local_shard_problem(shard))]
+    bad = [(shard, problem) for shard in shards if not shard.is_remote and (problem := local_shard_problem(shard))]
     if not bad or (policy == "skip" and len(bad) < len(shards)):
         return []
     shard, problem = bad[0]

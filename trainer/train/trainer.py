@@ -135,11 +135,11 @@ class Trainer:
             self.state.config_hash = saved_hash
         self.train_loader.load_state_dict(self.state.stream)
         log.info(
-            "resumed from %s at step %d (epoch %d, position %d)",
+            "resumed from %s at step %d (epoch %d, %d samples of it read)",
             directory,
             self.state.step,
             self.state.epoch,
-            self.state.stream.get("position", 0),
+            self.state.stream.get("read", self.state.stream.get("position", 0)),
         )
 
     def fit(self) -> dict[str, Any]:
@@ -294,7 +294,7 @@ class Trainer:
         if self.val_loader is None:
             return {}
         self.val_loader.set_epoch(0)
-        self.val_loader.stream.position = 0
+        self.val_loader.rewind()
         metrics = self.evaluate()
         self.tracker.log(metrics, self.state.step)
         self.state.metrics = metrics

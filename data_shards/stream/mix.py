@@ -4,10 +4,10 @@ An epoch of the mix has as many samples as its sources hold together (N = Σ n�
 applied), and source i fills mᵢ of its positions, wᵢ × N rounded by largest remainder (so that Σ mᵢ = N). A
 source with mᵢ < nᵢ gives a seeded subset that changes from epoch to epoch; one with mᵢ > nᵢ gives its own epoch
 orders one after another, so no sample comes twice before every other one of its source came once. A seeded
-permutation interleaves the sources; from there positions, ranks and workers are one split's (`data_shards.order`):
-equal counts on every rank by construction, an exact resume at a position, and the same rule when the world size
-changes. Each source is read with its own shard reader, a run of consecutive items from one shuffle block at a
-time.
+permutation interleaves the sources; from there the deal, ranks and workers are one split's
+(`data_shards.stream.deal`): equal counts on every rank by construction, an exact resume, and the same rule when
+the world size changes. Each source is read with its own shard reader, a run of consecutive items from one
+shuffle block at a time. The mix's order is held whole (about 32 bytes a sample), unlike one split's.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from torch.utils.data import IterableDataset, get_worker_info
 
-from data_shards.order import epoch_order, rank_positions, samples_per_rank, worker_items
 from data_shards.sample import Sample
-from data_shards.stream import ShardReader, ShardStream, Skipped, StreamConfig, chunks_by_block
+from data_shards.stream.config import StreamConfig
+from data_shards.stream.dataset import DealtStream, ShardStream
+from data_shards.stream.order import epoch_order
+from data_shards.stream.reader import ShardReader, Skipped, runs_by_block
 
 MIX_STREAM = 0x3A1C  # the interleaving's random stream, [seed, epoch, MIX_STREAM]
 PART = re.compile(r"^(?P<path>.+):(?P<weight>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+)$")
@@ -66,8 +67,11 @@ class MixOrder:
     def __len__(self) -> int:
         return len(self.part)
 
+    def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.part[positions], self.shard[positions], self.sample[positions], self.run[positions]
 
-class MixStream(IterableDataset):
+
+class MixStream(DealtStream):
     """A weighted mix of splits with `ShardStream`'s interface (epoch, position, length, `ShardLoader` state)."""
 
     def __init__(self, parts: list[MixPart], *, config: StreamConfig, rank: int, world_size: int):
@@ -78,7 +82,7 @@ class MixStream(IterableDataset):
         mix = ",".join(f"{p.path}:{p.weight:g}" for p in parts)
         self.index = {"source": {"fingerprint": f"mix {mix} of {'+'.join(fingerprints)}"}}
         self.epoch = 0
-        self.position = 0
+        self.rewind()
 
     @property
     def num_samples(self) -> int:
@@ -109,9 +113,10 @@ class MixStream(IterableDataset):
         for turn in range(rounds):
             epoch = self.epoch * rounds + turn
             order = epoch_order(counts, c.seed, epoch, c.shuffle, c.block_shards, c.sample_fraction)
-            shards.append(order.shard)
-            samples.append(order.sample)
-            runs.append(order.block + (turn << 20) + (part << 40))
+            shard, sample, block = order.items(np.arange(len(order)))
+            shards.append(shard)
+            samples.append(sample)
+            runs.append(block + (turn << 20) + (part << 40))
         return np.concatenate(shards)[:share], np.concatenate(samples)[:share], np.concatenate(runs)[:share]
 
     def order(self) -> MixOrder:
@@ -125,23 +130,13 @@ class MixStream(IterableDataset):
             shard[where], sample[where], run[where] = self.source_items(part, share)
         return MixOrder(labels, shard, sample, run)
 
-    def __len__(self) -> int:
-        return samples_per_rank(self.epoch_samples, self.position, self.world_size, self.config.remainder)
+    def open_readers(self) -> list[ShardReader]:
+        return [reader for stream in self.streams for reader in stream.open_readers()]
 
-    def __iter__(self) -> Iterator[Sample | Skipped]:
-        order = self.order()
-        positions = rank_positions(len(order), self.position, self.rank, self.world_size, self.config.remainder)
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        mine = positions[worker_items(len(positions), self.config.batch_size, worker, workers)]
-        readers = [ShardReader(s.shards, self.config, s.to_sample) for s in self.streams]
-        try:
-            for chunk in chunks_by_block(mine, order.run):
-                part = int(order.part[chunk[0]])
-                yield from readers[part].read(order.shard[chunk], order.sample[chunk])
-        finally:
-            for reader in readers:
-                reader.close()
+    def read_positions(self, order: MixOrder, readers, positions) -> Iterator[Sample | Skipped]:
+        part, shard, sample, run = order.items(positions)
+        for here in runs_by_block(run):
+            yield from readers[int(part[here.start])].read(shard[here], sample[here])
 
 
 def open_split(source: str, *, index=None, config: StreamConfig, rank: int, world_size: int):
