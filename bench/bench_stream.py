@@ -61,7 +61,8 @@ GOALS = {"shards/loose": 3.0, "shards/limit": 0.8}
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--n", type=int, default=10_000, help="samples (one image each)")
-    parser.add_argument("--image-size", type=int, default=256, help="side of the source JPEGs")
+    parser.add_argument("--image-size", type=int, default=256, help="width of the source JPEGs")
+    parser.add_argument("--image-height", type=int, help="height of the source JPEGs (default: square)")
     parser.add_argument("--size", type=int, default=64, help="training resolution S (shards built with max_side=S)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, all three loaders")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size, all three loaders")
@@ -84,7 +85,9 @@ def prepare_source(out: Path, params: dict) -> Path:
     if not matches(marker, params):
         shutil.rmtree(folder, ignore_errors=True)
         (out / "shards.json").unlink(missing_ok=True)
-        make_loose_benchmark_set(folder, params["n"], params["image_size"], seed=params["seed"])
+        make_loose_benchmark_set(
+            folder, params["n"], params["image_size"], seed=params["seed"], height=params.get("image_height")
+        )
         marker.write_text(json.dumps({"params": params}))
     return folder / "data.json"
 
@@ -281,7 +284,7 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    source_params = {"n": args.n, "image_size": args.image_size, "seed": SEED}
+    source_params = {"n": args.n, "image_size": args.image_size, "image_height": args.image_height, "seed": SEED}
     data_json = prepare_source(args.out, source_params)
     split_dir, build_seconds, reused = prepare_shards(data_json, args.out, {"source": source_params, "size": args.size})
     loose = LooseImages(data_json, args.size)

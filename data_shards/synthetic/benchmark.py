@@ -25,10 +25,11 @@ def _jittered(bases: np.ndarray, index: int) -> np.ndarray:
     return pixels
 
 
-def make_loose_benchmark_set(out: Path, n: int, image_size: int, seed: int = 0) -> Path:
+def make_loose_benchmark_set(out: Path, n: int, image_size: int, seed: int = 0, height: int | None = None) -> Path:
     """n single-turn colour questions as a LLaVA JSON list, one distinct JPEG each; returns the JSON path.
 
-    The image root is `out`. Pictures are drawn once for a few base images and jittered per record.
+    The image root is `out`. Pictures are drawn once for a few base images and jittered per record; they are
+    `image_size` wide and `height` (default: as wide) high, e.g. 640 × 480 like a photo.
     """
     if n < 1 or image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"need n >= 1 and image_size >= {MIN_IMAGE_SIZE}, got n={n}, image_size={image_size}")
@@ -37,7 +38,7 @@ def make_loose_benchmark_set(out: Path, n: int, image_size: int, seed: int = 0) 
     images_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     pictures = [random_picture(rng, image_size) for _ in range(min(n, BENCHMARK_BASE_IMAGES))]
-    bases = np.stack([np.asarray(picture.image) for picture in pictures])
+    bases = np.stack([np.asarray(picture.image) for picture in pictures])[:, : height or image_size]
     for index in range(n):
         Image.fromarray(_jittered(bases, index)).save(images_dir / f"s{index:06d}.jpg", "JPEG", quality=JPEG_QUALITY)
     records = [

@@ -255,7 +255,7 @@ def test_invalid_remainder_is_refused():
 # ----------------------------------------------------------------------------- 2. order
 
 # The even split's global order (world size 1, epoch 0 unless named) for a few seeds, written out once and checked by
-# hand against data_shards.order: the shards (s000-006, s007-009, s010-020, s021, s022-027) are shuffled, cut into
+# hand against data_shards.stream.order: the shards (s000-006, s007-009, s010-020, s021, s022-027) are shuffled, cut into
 # blocks of `block_shards` ("|" below), and each block's samples are shuffled; every block holds exactly the samples
 # of its shards, and every sample comes once.
 SEED11 = "24 25 8 27 22 23 9 26 7 | 13 11 15 18 10 21 16 20 17 14 19 12 | 4 3 1 5 2 0 6"  # shards 1 4 | 2 3 | 0
@@ -692,7 +692,7 @@ def test_rank_outside_the_world_is_refused(even, rank, world):
 # ----------------------------------------------------------------------------- 11. sample fraction
 
 # The quarter of the even split that seed 11 keeps, round(0.25 × 28) = 7 samples drawn once from the seed alone
-# (data_shards.order.sample_subset), in its epoch-0 order with block_shards 2: SEED11 with every other sample taken out.
+# (data_shards.stream.order.sample_subset), in its epoch-0 order with block_shards 2: SEED11 with every other sample taken out.
 SEED11_QUARTER = "25 22 | 10 21 16 17 | 6"
 
 

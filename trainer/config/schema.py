@@ -50,6 +50,10 @@ class DataSection:
     on_corrupt: str = option(
         "skip", help="a damaged shard or sample is skipped and counted, or stops the run", choices=("skip", "fail")
     )
+    cache_dir: str = option(
+        "", help="node-local cache of remote (pipe:, http) shards; empty: $SHARDTUNE_CACHE or the temp directory's"
+    )
+    cache_gb: float = option(64.0, help="cache size limit; least recently used shard copies are dropped beyond it")
     packing: bool = option(False, help="pack several samples per sequence (models that support it)")
     supervise: str = option(
         "all",
@@ -224,6 +228,8 @@ class TrainConfig:
             found.append("train.max_steps / train.epochs: set max_steps > 0 or epochs >= 1")
         if not 0 < self.data.sample_fraction <= 1:
             found.append(f"data.sample_fraction: must be in (0, 1], got {self.data.sample_fraction}")
+        if self.data.cache_gb <= 0:
+            found.append(f"data.cache_gb: must be positive, got {self.data.cache_gb}")
         if self.optimizer.lr <= 0:
             found.append(f"optimizer.lr: must be positive, got {self.optimizer.lr}")
         half = {"bf16": "bfloat16", "fp16": "float16"}.get(self.train.precision)

@@ -71,6 +71,8 @@ def make_loader(config: TrainConfig, world: WorldInfo, source: str, collate, shu
         block_shards=data.block_shards,
         on_corrupt=data.on_corrupt,
         sample_fraction=data.sample_fraction if shuffle else 1.0,
+        cache_dir=data.cache_dir,
+        cache_gb=data.cache_gb,
     )
     stream = open_split(
         source, index=data.index or None, config=stream_config, rank=world.rank, world_size=world.world_size
