@@ -12,6 +12,7 @@ POLICIES = ("skip", "fail")
 @dataclass
 class StreamConfig:
     batch_size: int = 1
+    accumulation: int = 1  # micro-batches per optimizer step: the epoch is dealt to world size × this readers
     seed: int = 0
     shuffle: bool = True
     block_shards: int = 8
@@ -23,15 +24,18 @@ class StreamConfig:
     cache_gb: float = 64.0  # least recently used copies are dropped beyond this
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.block_shards < 1:
-            raise ValueError(f"batch_size and block_shards must be >= 1, got {self.batch_size}, {self.block_shards}")
+        if min(self.batch_size, self.block_shards, self.accumulation) < 1:
+            raise ValueError(
+                f"batch_size, block_shards and accumulation must be >= 1, got {self.batch_size}, "
+                f"{self.block_shards}, {self.accumulation}"
+            )
         if not 0 < self.sample_fraction <= 1:
             raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
         if self.on_corrupt not in POLICIES:
             raise ValueError(f"on_corrupt must be one of {POLICIES}, got {self.on_corrupt!r}")
         if self.cache_gb <= 0:
             raise ValueError(f"cache_gb must be > 0, got {self.cache_gb}")
-        samples_per_rank(0, 1, self.remainder)
+        samples_per_rank(0, 1, self.remainder)  # checks it
 
     @property
     def cache_bytes(self) -> int:

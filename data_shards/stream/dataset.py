@@ -19,7 +19,7 @@ from data_shards.foreign import sample_reader
 from data_shards.sample import Sample
 from data_shards.stream.cache import ShardCache
 from data_shards.stream.config import StreamConfig
-from data_shards.stream.deal import Deal, worker_chunks
+from data_shards.stream.deal import Deal, Schedule
 from data_shards.stream.order import BlockOrder, EpochOrder, epoch_order, subset_size
 from data_shards.stream.reader import CHUNK_ITEMS, ShardReader, Skipped, runs_by_block
 from data_shards.stream.shards import resolve_shards, usable_shards
@@ -43,7 +43,7 @@ class DealtStream(IterableDataset):
     world_size: int
     epoch: int
     deal: Deal
-    consumed: int
+    batches: int  # micro-batches this rank has taken of the deal
 
     @property
     def epoch_samples(self) -> int:
@@ -58,63 +58,91 @@ class DealtStream(IterableDataset):
     def read_positions(self, order: Any, readers: list[ShardReader], positions: np.ndarray) -> Iterator[Any]:
         raise NotImplementedError
 
+    @property
+    def reader_count(self) -> int:
+        """Strips the epoch is dealt in: one per rank and micro-batch of an optimizer step."""
+        return self.world_size * self.config.accumulation
+
     def rewind(self) -> None:
         """Back to the start of the current epoch."""
-        self.deal = Deal.whole(self.epoch_samples, self.world_size, self.config.remainder)
-        self.consumed = 0
+        self.deal = Deal.whole(self.epoch_samples, self.reader_count, self.config.remainder)
+        self.batches = 0
 
     def start_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch = epoch
             self.rewind()
 
+    def schedule(self) -> Schedule:
+        return Schedule(self.deal, self.rank, self.config.accumulation, self.config.batch_size)
+
     def __len__(self) -> int:
-        return self.deal.per_rank - self.consumed
+        """Samples this rank has still to read in the epoch."""
+        return self.schedule().items_left(self.batches)
 
     @property
     def read_so_far(self) -> int:
         """Samples of the epoch some rank has read (padding repeats not counted)."""
-        left = sum(end - start for start, end in self.deal.rest(self.consumed))
-        return self.epoch_samples - left
+        left = self.deal.rest(self.schedule().consumed(self.batches))
+        return self.epoch_samples - sum(end - start for start, end in left)
 
     def progress(self) -> dict[str, Any]:
+        rounds, extra = divmod(self.batches, self.config.accumulation)
         return {
             "epoch": self.epoch,
             "segment": [list(interval) for interval in self.deal.segment],
-            "deal_world_size": self.deal.world_size,
+            "readers": self.deal.world_size,
             "remainder": self.deal.remainder,
-            "consumed": self.consumed,
+            "batch_size": self.config.batch_size,
+            "accumulation": self.config.accumulation,
+            "rounds": rounds,
+            "extra": extra,
             "read": self.read_so_far,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue a saved progress: exactly, at its deal's world size; otherwise by dealing its unread rest."""
+        """Continue a saved progress: exactly, with as many readers (any world size × accumulation); otherwise
+        by dealing its unread rest."""
         self.epoch = state["epoch"]
         if "segment" not in state:  # saved by the interleaved deal: positions before `position` were read
-            saved, consumed = Deal(((state["position"], self.epoch_samples),), 1, "drop"), 0
-        else:
-            segment = tuple((int(start), int(end)) for start, end in state["segment"])
-            saved, consumed = Deal(segment, state["deal_world_size"], state["remainder"]), state["consumed"]
-        if saved.world_size == self.world_size and saved.remainder == self.config.remainder:
-            self.deal, self.consumed = saved, consumed
-        else:
-            self.deal, self.consumed = Deal(saved.rest(consumed), self.world_size, self.config.remainder), 0
+            saved = Deal(((state["position"], self.epoch_samples),), 1, "drop")
+            self.deal, self.batches = Deal(saved.rest([0]), self.reader_count, self.config.remainder), 0
+            return
+        segment = tuple((int(start), int(end)) for start, end in state["segment"])
+        saved = Deal(segment, state["readers"], state["remainder"])
+        rounds, extra, accumulation = state["rounds"], state["extra"], state["accumulation"]
+        same_readers = (saved.world_size, saved.remainder, state["batch_size"]) == (
+            self.reader_count,
+            self.config.remainder,
+            self.config.batch_size,
+        )
+        if same_readers and (extra == 0 or accumulation == self.config.accumulation):
+            self.deal, self.batches = saved, rounds * self.config.accumulation + extra
+            return
+        done = Schedule(saved, 0, accumulation, state["batch_size"]).consumed(rounds * accumulation + extra)
+        self.deal, self.batches = Deal(saved.rest(done), self.reader_count, self.config.remainder), 0
 
-    def local_positions(self, worker: int, workers: int) -> Iterator[np.ndarray]:
-        """Order positions this worker reads, a run at a time, from the rank's progress on."""
-        for items in worker_chunks(len(self), self.config.batch_size, worker, workers, CHUNK_ITEMS):
-            yield self.deal.positions(self.rank, items + self.consumed)
-
-    def __iter__(self) -> Iterator[Any]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+    def iter_batches(self, worker: int, workers: int) -> Iterator[list]:
+        """This rank's micro-batches from its progress on, those of one DataLoader worker (round-robin), read a
+        few thousand samples at a time."""
+        schedule = self.schedule()
+        mine = range(self.batches + worker, schedule.total_batches, workers)
+        per_read = max(1, CHUNK_ITEMS // self.config.batch_size)
         order, readers = self.order(), self.open_readers()
         try:
-            for positions in self.local_positions(worker, workers):
-                yield from self.read_positions(order, readers, positions)
+            for first in range(0, len(mine), per_read):
+                batches = [schedule.batch_positions(b) for b in mine[first : first + per_read]]
+                samples = self.read_positions(order, readers, np.concatenate(batches))
+                for positions in batches:
+                    yield [next(samples) for _ in positions]
         finally:
             for reader in readers:
                 reader.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        for batch in self.iter_batches(*((info.id, info.num_workers) if info else (0, 1))):
+            yield from batch
 
 
 class ShardStream(DealtStream):
@@ -158,7 +186,9 @@ class ShardStream(DealtStream):
 
     def plan(self) -> list[tuple[str, int]]:
         """(shard name, index in shard) of every sample this rank reads, in order, from its progress."""
-        shard, sample, _ = self.order().items(self.deal.positions(self.rank, np.arange(len(self)) + self.consumed))
+        schedule = self.schedule()
+        positions = [schedule.batch_positions(b) for b in range(self.batches, schedule.total_batches)]
+        shard, sample, _ = self.order().items(np.concatenate(positions) if positions else np.empty(0, np.int64))
         return [(self.shards[s].name, i) for s, i in zip(shard.tolist(), sample.tolist())]
 
     def open_readers(self) -> list[ShardReader]:

@@ -1,25 +1,27 @@
-"""Dealing what is left of an epoch to the ranks, in contiguous strips.
+"""Dealing what is left of an epoch to readers, in contiguous strips.
 
-A deal is (segment, world size): the segment is the part of the epoch's order still to be read, as sorted,
+A deal is (segment, readers): the segment is the part of the epoch's order still to be read, as sorted,
 disjoint intervals of positions (the whole order at the start of an epoch). Its T positions, in order, form
-a list V, and rank r of W reads the strip V[r·n : (r+1)·n], where n = ceil(T / W) with `remainder="pad"` (the
-last rank's strip runs past T and wraps to V's start: at most W − 1 repeats) or floor(T / W) with `"drop"`
-(the last T − W·n positions are left out). Every rank reads n samples: equal counts by construction.
+a list V, and reader j of R reads the strip V[j·n : (j+1)·n], where n = ceil(T / R) with `remainder="pad"`
+(the last strip runs past T and wraps to V's start: at most R − 1 repeats) or floor(T / R) with `"drop"`
+(the last T − R·n positions are left out). Every reader reads n samples: equal counts by construction.
 
-Strips are contiguous so that each shard block is read by one rank, or two where strips meet: remote shards
+There are world size × accumulation readers: rank r's micro-batch b is batch b // A of reader r·A + b % A
+(`Schedule`). So an optimizer step takes batch k of every reader, whatever the split of R into ranks and
+micro-steps: 2 ranks, and 1 rank accumulating 2 micro-batches, train on the same samples step by step.
+
+Strips are contiguous so that each shard block is read by one reader, or two where strips meet: remote shards
 are transferred about once per epoch for the whole job (see `data_shards.stream.cache`).
 
-Progress is `consumed`, how much of its strip each rank has read (the same on every rank). A resume at the
-deal's world size continues every strip exactly where it was. At another world size, what no rank has read
-(the strips' unread tails, padding left out) becomes the segment of a new deal: nothing repeated, nothing
-skipped. Within a rank, local item j goes to DataLoader worker (j // batch_size) % num_workers; the
-DataLoader collects batches from workers round-robin, so a rank's batches come out in strip order whatever
-the worker count.
+Progress is how many micro-batches each rank has taken (the same on every rank). A resume with the same
+number of readers (and batch size) continues every strip exactly where it was, even on another world size
+(2 ranks → 1 rank × 2 micro-batches). Otherwise what no reader has read (the strips' unread tails, padding
+left out) becomes the segment of a new deal: nothing repeated, nothing skipped. DataLoader workers take a
+rank's micro-batches round-robin, as the DataLoader collects them, so the sequence does not depend on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,23 +66,23 @@ class Deal:
     def per_rank(self) -> int:
         return samples_per_rank(self.total, self.world_size, self.remainder)
 
-    def positions(self, rank: int, items: np.ndarray) -> np.ndarray:
-        """Order positions of strip items `items` (0 … per_rank − 1) of `rank`."""
+    def positions(self, reader: int, items: np.ndarray) -> np.ndarray:
+        """Order positions of strip items `items` (0 … per_rank − 1) of `reader`."""
         if not self.total:
             return np.empty(0, dtype=np.int64)
         starts = np.array([start for start, _ in self.segment], dtype=np.int64)
         lengths = np.array([end - start for start, end in self.segment], dtype=np.int64)
         before = np.cumsum(lengths) - lengths
-        virtual = (rank * self.per_rank + np.asarray(items, dtype=np.int64)) % self.total
+        virtual = (reader * self.per_rank + np.asarray(items, dtype=np.int64)) % self.total
         interval = np.searchsorted(before, virtual, side="right") - 1
         return starts[interval] + virtual - before[interval]
 
-    def rest(self, consumed: int) -> tuple[Interval, ...]:
-        """The positions no rank has read once each has read `consumed` items of its strip."""
+    def rest(self, consumed: list[int]) -> tuple[Interval, ...]:
+        """The positions no reader has read once reader j has read `consumed[j]` items of its strip."""
         unread = []
-        for rank in range(self.world_size):
-            first = rank * self.per_rank + consumed
-            last = min((rank + 1) * self.per_rank, self.total)
+        for reader, done in enumerate(consumed):
+            first = reader * self.per_rank + done
+            last = min((reader + 1) * self.per_rank, self.total)
             unread += self.virtual_to_order(first, last)
         return merged(unread)
 
@@ -95,12 +97,37 @@ class Deal:
         return out
 
 
-def worker_chunks(count: int, batch_size: int, worker: int, num_workers: int, chunk: int) -> Iterator[np.ndarray]:
-    """Local item numbers 0 … count − 1 of one DataLoader worker (whole batches, dealt round-robin), in runs
-    of about `chunk` items, so a rank's items are never all held at once."""
-    batches = range(worker, -(-count // batch_size), num_workers)
-    per_run = max(1, chunk // batch_size)
-    for first in range(0, len(batches), per_run):
-        starts = np.asarray(batches[first : first + per_run], dtype=np.int64) * batch_size
-        items = (starts[:, None] + np.arange(batch_size)).ravel()
-        yield items[items < count]
+@dataclass(frozen=True)
+class Schedule:
+    """One rank's micro-batches in a deal to world size × `accumulation` readers."""
+
+    deal: Deal
+    rank: int
+    accumulation: int
+    batch_size: int
+
+    @property
+    def batches_per_reader(self) -> int:
+        return -(-self.deal.per_rank // self.batch_size)
+
+    @property
+    def total_batches(self) -> int:
+        return self.accumulation * self.batches_per_reader
+
+    def batch_positions(self, batch: int) -> np.ndarray:
+        """Order positions of micro-batch `batch`: batch `batch // A` of reader `rank·A + batch % A`."""
+        start = batch // self.accumulation * self.batch_size
+        items = np.arange(start, min(start + self.batch_size, self.deal.per_rank))
+        return self.deal.positions(self.rank * self.accumulation + batch % self.accumulation, items)
+
+    def consumed(self, batches: int) -> list[int]:
+        """Items every reader (of every rank) has read once each rank has taken `batches` micro-batches."""
+        rounds, extra = divmod(batches, self.accumulation)
+        return [
+            min(self.deal.per_rank, self.batch_size * (rounds + (reader % self.accumulation < extra)))
+            for reader in range(self.deal.world_size)
+        ]
+
+    def items_left(self, batches: int) -> int:
+        mine = self.consumed(batches)[self.rank * self.accumulation : (self.rank + 1) * self.accumulation]
+        return sum(self.deal.per_rank - done for done in mine)

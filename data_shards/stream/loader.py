@@ -6,7 +6,7 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_shards.sample import Sample
 from data_shards.stream.dataset import DealtStream
@@ -15,16 +15,28 @@ from data_shards.stream.reader import Skipped
 CHECKED_KEYS = ("seed", "num_samples", "sample_fraction", "fingerprint")
 
 
+class MicroBatches(IterableDataset):
+    """The stream's micro-batches, whole, for a DataLoader without its own batching (each worker yields the
+    batches the schedule gives it, so a short batch at the end of a strip is never merged with the next)."""
+
+    def __init__(self, stream: DealtStream):
+        super().__init__()
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[list[Sample | Skipped]]:
+        info = get_worker_info()
+        return self.stream.iter_batches(*((info.id, info.num_workers) if info else (0, 1)))
+
+
 class CountingCollate:
-    """Runs in the worker: counts items (skipped ones included) and drops the stand-ins."""
+    """Runs in the worker: counts the skipped samples and drops their stand-ins."""
 
     def __init__(self, collate_fn: Callable[[list[Sample]], Any] | None):
         self.collate_fn = collate_fn
 
-    def __call__(self, items: list[Sample | Skipped]) -> tuple[int, int, Any]:
+    def __call__(self, items: list[Sample | Skipped]) -> tuple[int, Any]:
         samples = [item for item in items if not isinstance(item, Skipped)]
-        batch = self.collate_fn(samples) if self.collate_fn else samples
-        return len(items), len(items) - len(samples), batch
+        return len(items) - len(samples), self.collate_fn(samples) if self.collate_fn else samples
 
 
 def ignore_stop_signals(_worker_id: int) -> None:
@@ -56,25 +68,24 @@ class ShardLoader:
         self.stream.rewind()
 
     def __len__(self) -> int:
-        return -(-len(self.stream) // self.stream.config.batch_size)
+        """Micro-batches left in the epoch."""
+        return self.stream.schedule().total_batches - self.stream.batches
 
     def __iter__(self) -> Iterator[Any]:
         loader = DataLoader(
-            self.stream,
-            batch_size=self.stream.config.batch_size,
+            MicroBatches(self.stream),
+            batch_size=None,
             num_workers=self.num_workers,
             collate_fn=CountingCollate(self.collate_fn),
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             pin_memory=self.pin_memory,
             worker_init_fn=ignore_stop_signals,
         )
-        start, consumed = self.stream.consumed, 0
         batches = iter(loader)
         try:
-            for items, skipped, batch in batches:
-                consumed += items
+            for skipped, batch in batches:
                 self.skipped += skipped
-                self.stream.consumed = start + consumed
+                self.stream.batches += 1
                 yield batch
         finally:
             shutdown = getattr(batches, "_shutdown_workers", None)

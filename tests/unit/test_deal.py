@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data_shards.stream.deal import Deal, merged, samples_per_rank, worker_chunks
+from data_shards.stream.deal import Deal, Schedule, merged, samples_per_rank
 
 
 def read_chain(total: int, worlds: list[int], fractions: list[float], remainder: str) -> tuple[Counter, int]:
@@ -20,7 +20,7 @@ def read_chain(total: int, worlds: list[int], fractions: list[float], remainder:
         for rank in range(world):
             reads.update(deal.positions(rank, np.arange(consumed)).tolist())
         padding += max(0, world * deal.per_rank - deal.total) if fraction == 1 else 0
-        deal = Deal(deal.rest(consumed), world, remainder)
+        deal = Deal(deal.rest([consumed] * world), world, remainder)
     return reads, padding
 
 
@@ -43,8 +43,8 @@ def test_resume_at_the_same_world_size_keeps_the_strips():
         list(range(10, 20)),
         list(range(20, 30)),
     ]
-    assert deal.rest(4) == ((4, 10), (14, 20), (24, 30))
-    after = Deal(deal.rest(4), 3, "pad")
+    assert deal.rest([4, 4, 4]) == ((4, 10), (14, 20), (24, 30))
+    after = Deal(deal.rest([4, 4, 4]), 3, "pad")
     assert [after.positions(rank, np.arange(6)).tolist() for rank in range(3)] == [
         deal.positions(rank, np.arange(4, 10)).tolist() for rank in range(3)
     ]
@@ -53,7 +53,7 @@ def test_resume_at_the_same_world_size_keeps_the_strips():
 def test_pad_wraps_the_last_strip_to_the_start():
     deal = Deal.whole(10, 4, "pad")
     assert deal.per_rank == 3 and deal.positions(3, np.arange(3)).tolist() == [9, 0, 1]
-    assert deal.rest(3) == ()  # the padding is not owed to anyone
+    assert deal.rest([3] * 4) == ()  # the padding is not owed to anyone
 
 
 def test_merged_and_counts():
@@ -63,6 +63,19 @@ def test_merged_and_counts():
         samples_per_rank(10, 4, "wrap")
 
 
-def test_workers_take_whole_batches_round_robin_in_runs():
-    runs = list(worker_chunks(23, batch_size=4, worker=1, num_workers=2, chunk=8))
-    assert [run.tolist() for run in runs] == [[4, 5, 6, 7, 12, 13, 14, 15], [20, 21, 22]]
+def test_a_step_takes_one_batch_of_every_reader_however_ranks_and_micro_steps_split_them():
+    deal = Deal.whole(22, 4, "pad")  # strips of 6: 0-5, 6-11, 12-17, 18-21 + 0, 1
+    step_sets = {}
+    for world, accumulation in [(4, 1), (2, 2), (1, 4)]:
+        ranks = [Schedule(deal, rank, accumulation, batch_size=4) for rank in range(world)]
+        assert {schedule.total_batches for schedule in ranks} == {2 * accumulation}
+        steps = []
+        for step in range(2):
+            micro = range(step * accumulation, (step + 1) * accumulation)
+            steps.append(sorted(p for s in ranks for b in micro for p in s.batch_positions(b).tolist()))
+        step_sets[(world, accumulation)] = steps
+    assert step_sets[(4, 1)] == step_sets[(2, 2)] == step_sets[(1, 4)]
+    assert step_sets[(4, 1)][1] == sorted([4, 5, 10, 11, 16, 17, 0, 1])  # the short last batches, padding included
+    two_by_two = Schedule(deal, 1, 2, batch_size=4)
+    assert two_by_two.batch_positions(1).tolist() == [18, 19, 20, 21]  # rank 1, micro-batch 1: reader 3's batch 0
+    assert two_by_two.consumed(3) == [6, 4, 6, 4] and two_by_two.items_left(3) == 2

@@ -254,10 +254,10 @@ def test_invalid_remainder_is_refused():
 
 # ----------------------------------------------------------------------------- 2. order
 
-# The even split's global order (world size 1, epoch 0 unless named) for a few seeds, written out once and checked by
-# hand against data_shards.stream.order: the shards (s000-006, s007-009, s010-020, s021, s022-027) are shuffled, cut into
-# blocks of `block_shards` ("|" below), and each block's samples are shuffled; every block holds exactly the samples
-# of its shards, and every sample comes once.
+# The even split's global order (world size 1, epoch 0 unless named) for a few seeds, written out once and checked
+# by hand against data_shards.stream.order: the shards (s000-006, s007-009, s010-020, s021, s022-027) are shuffled,
+# cut into blocks of `block_shards` ("|" below), and each block's samples are shuffled; every block holds exactly
+# the samples of its shards, and every sample comes once.
 SEED11 = "24 25 8 27 22 23 9 26 7 | 13 11 15 18 10 21 16 20 17 14 19 12 | 4 3 1 5 2 0 6"  # shards 1 4 | 2 3 | 0
 SEED4 = "18 10 11 27 26 12 19 17 20 24 16 14 13 23 15 22 25 | 1 9 2 4 0 3 5 6 8 7 | 21"  # shards 2 4 | 0 1 | 3
 SEED7 = "13 3 16 18 11 20 10 17 14 5 4 6 2 12 1 15 19 0 | 26 24 25 23 8 9 22 7 27 | 21"  # shards 2 0 | 4 1 | 3
@@ -356,7 +356,7 @@ def test_resume_mid_epoch_continues_exactly_at_the_same_world_size(even):
         first.set_epoch(1)
         before = take(first, consumed)
         state = first.state_dict()
-        assert state["epoch"] == 1 and state["consumed"] == consumed * batch_size
+        assert state["epoch"] == 1 and (state["rounds"], state["extra"]) == (consumed, 0)
         assert state["read"] == consumed * batch_size * 2
         assert state["world_size"] == 2
 
@@ -365,7 +365,7 @@ def test_resume_mid_epoch_continues_exactly_at_the_same_world_size(even):
         assert len(resumed) == len(uninterrupted) - consumed
         after = read_batches(resumed)
         assert before + after == uninterrupted
-        assert resumed.stream.consumed == len(even.keys) // 2
+        assert resumed.stream.batches == len(uninterrupted) and len(resumed.stream) == 0
 
 
 def test_iterating_the_same_loader_again_continues_from_its_position(even):
@@ -409,6 +409,23 @@ def test_elastic_resume_reads_exactly_the_rest_of_the_epoch(even, new_world):
     assert read_after == global_order[read:half] + global_order[half + read :]
 
 
+def test_resume_on_fewer_ranks_with_more_accumulation_continues_exactly(even):
+    """2 ranks × 1 micro-batch and 1 rank × 2 micro-batches deal to the same 2 readers: step k is batch k of both,
+    so the resumed rank takes the very batches the two ranks would have taken, alternately."""
+    config = dict(batch_size=2, seed=6, block_shards=2, decode=False)
+    states, rests = [], []
+    for rank in range(2):
+        loader = open_loader(even.path, rank, 2, **config)
+        take(loader, 3)
+        states.append(loader.state_dict())
+        rests.append(read_batches(loader))
+    assert states[0] == states[1] and states[0]["readers"] == 2
+    one = open_loader(even.path, 0, 1, accumulation=2, **config)
+    one.load_state_dict(states[0])
+    assert read_batches(one) == [batch for pair in zip(*rests) for batch in pair]
+    assert one.stream.read_so_far == len(even.keys)
+
+
 def test_elastic_resume_order_is_the_fixed_reference(even):
     """Backs the test above with a literal (no workers): seed 6, 4 batches of 2 on each of 2 ranks read positions
     0-7 and 14-21 of their strips 0-13 and 14-27; then 3 ranks deal the rest, positions 8-13 and 22-27, in strips
@@ -437,7 +454,7 @@ def test_load_state_dict_refuses_another_seed(even):
     loader = open_loader(even.path, seed=2)
     with pytest.raises(ValueError, match="seed"):
         loader.load_state_dict(state)
-    assert loader.stream.consumed == 0
+    assert loader.stream.batches == 0
 
 
 def test_load_state_dict_refuses_another_dataset(even, odd, tmp_path):
@@ -449,13 +466,13 @@ def test_load_state_dict_refuses_another_dataset(even, odd, tmp_path):
     with pytest.raises(ValueError, match="fingerprint") as caught:
         same_count.load_state_dict(state)
     assert "seed" not in str(caught.value) and "num_samples" not in str(caught.value)
-    assert same_count.stream.consumed == 0
+    assert same_count.stream.batches == 0
 
 
 def take_state(split: Split, **config) -> dict:
     loader = open_loader(split.path, batch_size=2, **config)
     take(loader, 1)
-    assert loader.state_dict()["consumed"] == 2
+    assert loader.state_dict()["read"] == 2
     return loader.state_dict()
 
 
@@ -516,7 +533,7 @@ def test_corrupt_image_is_skipped_and_counted(damaged, workers):
     assert len(batches) == 7
     assert sorted(len(batch) for batch in batches) == [3, 4, 4, 4, 4, 4, 4]
     assert loader.skipped == 1
-    assert loader.stream.consumed == 28  # the skipped sample still counts as read
+    assert loader.stream.batches == 7 and loader.stream.read_so_far == 28  # the skipped sample counts as read
 
 
 @pytest.mark.parametrize("workers", workers_param(0, 2))
@@ -692,7 +709,8 @@ def test_rank_outside_the_world_is_refused(even, rank, world):
 # ----------------------------------------------------------------------------- 11. sample fraction
 
 # The quarter of the even split that seed 11 keeps, round(0.25 × 28) = 7 samples drawn once from the seed alone
-# (data_shards.stream.order.sample_subset), in its epoch-0 order with block_shards 2: SEED11 with every other sample taken out.
+# (data_shards.stream.order.sample_subset), in its epoch-0 order with block_shards 2: SEED11 with every other sample
+# taken out.
 SEED11_QUARTER = "25 22 | 10 21 16 17 | 6"
 
 
@@ -772,7 +790,7 @@ def test_sample_fraction_resume_mid_epoch_continues_within_the_subset(even):
     saved_before_fractions = {key: value for key, value in states[0].items() if key != "sample_fraction"}
     whole = open_loader(even.path, 0, 2, **{**config, "sample_fraction": 1.0})
     whole.load_state_dict(saved_before_fractions)
-    assert whole.stream.consumed == 4
+    assert whole.stream.batches == 2
 
 
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])

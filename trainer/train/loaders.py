@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 
 from data_shards.stream import ShardLoader, ShardStream, StreamConfig
-from data_shards.stream.deal import samples_per_rank
+from data_shards.stream.deal import Deal, Schedule
 from data_shards.stream.mix import MixStream, open_split
 from trainer.batches.choice import ChoiceCollator, choice_token_ids
 from trainer.batches.collate import Collator, build_collator
@@ -71,6 +70,7 @@ def make_loader(config: TrainConfig, world: WorldInfo, source: str, collate, shu
         block_shards=data.block_shards,
         on_corrupt=data.on_corrupt,
         sample_fraction=data.sample_fraction if shuffle else 1.0,
+        accumulation=config.train.grad_accum if shuffle else 1,
         cache_dir=data.cache_dir,
         cache_gb=data.cache_gb,
     )
@@ -94,6 +94,6 @@ def planned_steps(config: TrainConfig, stream: ShardStream | MixStream) -> int:
     a pass over the `data.sample_fraction` subset."""
     if config.train.max_steps:
         return config.train.max_steps
-    per_rank = samples_per_rank(stream.epoch_samples, stream.world_size, stream.config.remainder)
-    micro_batches = math.ceil(per_rank / stream.config.batch_size)
-    return max(1, config.train.epochs * micro_batches // config.train.grad_accum)
+    whole_epoch = Deal.whole(stream.epoch_samples, stream.reader_count, stream.config.remainder)
+    micro_batches = Schedule(whole_epoch, stream.rank, stream.config.accumulation, stream.config.batch_size)
+    return max(1, config.train.epochs * micro_batches.total_batches // config.train.grad_accum)
