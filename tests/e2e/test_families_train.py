@@ -18,7 +18,7 @@ from trainer.export.save import MERGE_SUMMARY
 from trainer.testing.tiny import FAMILIES, KITS, SMALL_IMAGE, build_tiny_model
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
-STEPS = 24
+STEPS = 32
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,10 @@ def test_every_fold_learns_from_chance_with_the_choice_objective(lmol):
     for k in range(FOLDS):
         summary = json.loads((lmol / f"runs/fold{k}/train_summary.json").read_text())
         assert summary["world_size"] == 2 and summary["steps"] == 80
-        assert summary["accuracy_before"] < 0.5 and summary["accuracy_after"] >= 0.8, summary
+        # before training the model answers one class: its share of the evaluated val pairs (every pair of the
+        # held-out images, few of them Similar), about a half; the strips each rank evaluates move it by a few points
+        assert summary["accuracy_before"] < 0.6 and summary["accuracy_after"] >= 0.8, summary
+        assert summary["accuracy_after"] - summary["accuracy_before"] >= 0.25, summary
         lines = [json.loads(line) for line in (lmol / f"runs/fold{k}/metrics.jsonl").read_text().splitlines()]
         logged = next(line for line in lines if "train/loss_ce" in line)
         assert {"train/loss_consistency", "train/accuracy"} <= set(logged)

@@ -8,6 +8,9 @@ With `frozen_from_base` (LoRA, QLoRA) the frozen weights are left out of DeepSpe
 model's, which a resume loads again from `model.path`. That keeps a 7B LoRA checkpoint at the adapter's size, and
 it is what makes QLoRA resumable at all: bitsandbytes' packed weights save quantisation states under names a
 strict load refuses. The load is then not strict, and checks instead that every trained tensor was in the files.
+
+A checkpoint records the data-parallel world size it was written with. Resumed on another one, it is loaded through
+a universal copy made once beside its files (`trainer.train.universal`), which re-partitions the optimizer state.
 """
 
 from __future__ import annotations
@@ -32,6 +35,16 @@ from trainer.run_folder import (
     write_atomic,
 )
 from trainer.train.state import TrainerState, rng_state, set_rng_state
+from trainer.train.universal import (
+    UNIVERSAL,
+    WORLD_SIZE,
+    check_complete,
+    loading_universal,
+    needs_universal,
+    prepare,
+    repair_zero3_state,
+    saved_world_size,
+)
 
 log = logging.getLogger("shardtune")
 
@@ -70,7 +83,8 @@ class CheckpointManager:
             adapter_saver(checkpoint.adapter)
         barrier()
         if self.rank == 0:
-            checkpoint.trainer_state.write_text(json.dumps(asdict(state), indent=1))
+            saved = {**asdict(state), WORLD_SIZE: engine.seq_dp_world_size}
+            checkpoint.trainer_state.write_text(json.dumps(saved, indent=1))
             checkpoint.mark_complete()
             self.update_best(tag, state.metrics)
             self.run.set_latest(tag)
@@ -125,23 +139,54 @@ class CheckpointManager:
         return checkpoint.path
 
     def load(self, engine, directory: Path) -> TrainerState:
-        engine.load_checkpoint(
-            str(directory.parent),
-            tag=directory.name,
-            load_optimizer_states=True,
-            load_lr_scheduler_states=True,
-            load_module_strict=not self.frozen_from_base,
-        )
+        if needs_universal(engine, directory):
+            self.load_universal(engine, directory)
+        else:
+            engine.load_checkpoint(
+                str(directory.parent),
+                tag=directory.name,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+                load_module_strict=not self.frozen_from_base,
+            )
         if self.frozen_from_base:
             check_trained_tensors_saved(engine.module, directory)
         checkpoint = Checkpoint(directory)
-        state = TrainerState(**json.loads(checkpoint.trainer_state.read_text()))
+        fields = json.loads(checkpoint.trainer_state.read_text())
+        fields.pop(WORLD_SIZE, None)
+        state = TrainerState(**fields)
         own = checkpoint.rank_state(self.rank)
         if own.exists():
             set_rng_state(torch.load(own, weights_only=False)["rng"])
         else:
-            log.warning("%s has no RNG state for rank %d (world size changed?): RNG not restored", directory, self.rank)
+            log.warning(
+                "%s was written by %d ranks and has no RNG state for rank %d: its RNG continues from train.seed",
+                directory,
+                saved_world_size(directory),
+                self.rank,
+            )
         return state
+
+    def load_universal(self, engine, directory: Path) -> None:
+        """A checkpoint of another world size: through its universal copy (converted now, or the one made before)."""
+        saved, now = saved_world_size(directory), engine.seq_dp_world_size
+        log.info("%s was written by %d ranks, resuming on %d: re-partitioning the optimizer", directory, saved, now)
+        folder = prepare(directory, self.rank)
+        check_complete(engine.module, folder)
+        try:
+            with loading_universal(engine):
+                path, _ = engine.load_checkpoint(
+                    str(directory),
+                    tag=UNIVERSAL,
+                    load_optimizer_states=True,
+                    load_lr_scheduler_states=True,
+                    load_module_strict=not self.frozen_from_base,
+                )
+        except (AssertionError, OSError, RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{folder}: loading it on {now} ranks failed: {error!r}") from error
+        if path is None:
+            raise CheckpointError(f"{folder}: DeepSpeed found no model-states file to load on {now} ranks")
+        repair_zero3_state(engine, folder)
 
 
 def check_trained_tensors_saved(module, directory: Path) -> None:
