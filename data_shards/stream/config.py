@@ -12,7 +12,8 @@ POLICIES = ("skip", "fail")
 @dataclass
 class StreamConfig:
     batch_size: int = 1
-    accumulation: int = 1  # micro-batches per optimizer step: the epoch is dealt to world size × this readers
+    accumulation: int = 1  # micro-batches per optimizer step (stream.deal: world size × this × width readers)
+    width: int = 1  # readers each micro-batch draws from (a divisor of batch_size)
     seed: int = 0
     shuffle: bool = True
     block_shards: int = 8
@@ -33,6 +34,8 @@ class StreamConfig:
             raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
         if self.on_corrupt not in POLICIES:
             raise ValueError(f"on_corrupt must be one of {POLICIES}, got {self.on_corrupt!r}")
+        if self.width < 1 or self.batch_size % self.width:
+            raise ValueError(f"width must divide batch_size {self.batch_size}, got {self.width}")
         if self.cache_gb <= 0:
             raise ValueError(f"cache_gb must be > 0, got {self.cache_gb}")
         samples_per_rank(0, 1, self.remainder)  # checks it

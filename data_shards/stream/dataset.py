@@ -61,7 +61,7 @@ class DealtStream(IterableDataset):
     @property
     def reader_count(self) -> int:
         """Strips the epoch is dealt in: one per rank and micro-batch of an optimizer step."""
-        return self.world_size * self.config.accumulation
+        return self.world_size * self.config.accumulation * self.config.width
 
     def rewind(self) -> None:
         """Back to the start of the current epoch."""
@@ -74,7 +74,8 @@ class DealtStream(IterableDataset):
             self.rewind()
 
     def schedule(self) -> Schedule:
-        return Schedule(self.deal, self.rank, self.config.accumulation, self.config.batch_size)
+        c = self.config
+        return Schedule(self.deal, self.rank, c.accumulation, c.batch_size, c.width)
 
     def __len__(self) -> int:
         """Samples this rank has still to read in the epoch."""
@@ -95,6 +96,7 @@ class DealtStream(IterableDataset):
             "remainder": self.deal.remainder,
             "batch_size": self.config.batch_size,
             "accumulation": self.config.accumulation,
+            "width": self.config.width,
             "rounds": rounds,
             "extra": extra,
             "read": self.read_so_far,
@@ -110,16 +112,18 @@ class DealtStream(IterableDataset):
             return
         segment = tuple((int(start), int(end)) for start, end in state["segment"])
         saved = Deal(segment, state["readers"], state["remainder"])
-        rounds, extra, accumulation = state["rounds"], state["extra"], state["accumulation"]
-        same_readers = (saved.world_size, saved.remainder, state["batch_size"]) == (
+        rounds, extra = state["rounds"], state["extra"]
+        layout = Schedule(saved, 0, state["accumulation"], state["batch_size"], state.get("width", 1))
+        now = self.schedule()
+        same_readers = (saved.world_size, saved.remainder, layout.per_reader) == (
             self.reader_count,
             self.config.remainder,
-            self.config.batch_size,
+            now.per_reader,
         )
-        if same_readers and (extra == 0 or accumulation == self.config.accumulation):
+        if same_readers and (extra == 0 or (layout.accumulation, layout.width) == (now.accumulation, now.width)):
             self.deal, self.batches = saved, rounds * self.config.accumulation + extra
             return
-        done = Schedule(saved, 0, accumulation, state["batch_size"]).consumed(rounds * accumulation + extra)
+        done = layout.consumed(rounds * layout.accumulation + extra)
         self.deal, self.batches = Deal(saved.rest(done), self.reader_count, self.config.remainder), 0
 
     def iter_batches(self, worker: int, workers: int) -> Iterator[list]:

@@ -6,9 +6,12 @@ a list V, and reader j of R reads the strip V[j·n : (j+1)·n], where n = ceil(T
 (the last strip runs past T and wraps to V's start: at most R − 1 repeats) or floor(T / R) with `"drop"`
 (the last T − R·n positions are left out). Every reader reads n samples: equal counts by construction.
 
-There are world size × accumulation readers: rank r's micro-batch b is batch b // A of reader r·A + b % A
-(`Schedule`). So an optimizer step takes batch k of every reader, whatever the split of R into ranks and
-micro-steps: 2 ranks, and 1 rank accumulating 2 micro-batches, train on the same samples step by step.
+There are world size × accumulation × width readers: rank r's micro-batch b is batch b // A of readers
+(r·A + b % A)·c … + c − 1, c = `width` (`Schedule`). So an optimizer step takes batch k of every reader, whatever
+the split into ranks, micro-steps and width: 2 ranks, and 1 rank accumulating 2 micro-batches, train on the same
+samples step by step; so do micro-batch 4 × accumulation 2 and micro-batch 8 with width 2. A width of the batch
+size makes a step's samples a function of the global batch alone, at the cost of a reader (a block of shards in
+flight) per sample of the global batch.
 
 Strips are contiguous so that each shard block is read by one reader, or two where strips meet: remote shards
 are transferred about once per epoch for the whole job (see `data_shards.stream.cache`).
@@ -99,35 +102,47 @@ class Deal:
 
 @dataclass(frozen=True)
 class Schedule:
-    """One rank's micro-batches in a deal to world size × `accumulation` readers."""
+    """One rank's micro-batches in a deal to world size × `accumulation` × `width` readers: a micro-batch is one
+    batch from each of `width` readers (`batch_size / width` items from each)."""
 
     deal: Deal
     rank: int
     accumulation: int
     batch_size: int
+    width: int = 1
+
+    @property
+    def per_reader(self) -> int:
+        """Items a reader gives each micro-batch."""
+        return self.batch_size // self.width
 
     @property
     def batches_per_reader(self) -> int:
-        return -(-self.deal.per_rank // self.batch_size)
+        return -(-self.deal.per_rank // self.per_reader)
 
     @property
     def total_batches(self) -> int:
         return self.accumulation * self.batches_per_reader
 
+    def readers_of(self, batch: int) -> range:
+        slot = self.rank * self.accumulation + batch % self.accumulation
+        return range(slot * self.width, (slot + 1) * self.width)
+
     def batch_positions(self, batch: int) -> np.ndarray:
-        """Order positions of micro-batch `batch`: batch `batch // A` of reader `rank·A + batch % A`."""
-        start = batch // self.accumulation * self.batch_size
-        items = np.arange(start, min(start + self.batch_size, self.deal.per_rank))
-        return self.deal.positions(self.rank * self.accumulation + batch % self.accumulation, items)
+        """Order positions of micro-batch `batch`: batch `batch // A` of each of its readers."""
+        start = batch // self.accumulation * self.per_reader
+        items = np.arange(start, min(start + self.per_reader, self.deal.per_rank))
+        return np.concatenate([self.deal.positions(reader, items) for reader in self.readers_of(batch)])
 
     def consumed(self, batches: int) -> list[int]:
         """Items every reader (of every rank) has read once each rank has taken `batches` micro-batches."""
         rounds, extra = divmod(batches, self.accumulation)
         return [
-            min(self.deal.per_rank, self.batch_size * (rounds + (reader % self.accumulation < extra)))
+            min(self.deal.per_rank, self.per_reader * (rounds + (reader // self.width % self.accumulation < extra)))
             for reader in range(self.deal.world_size)
         ]
 
     def items_left(self, batches: int) -> int:
-        mine = self.consumed(batches)[self.rank * self.accumulation : (self.rank + 1) * self.accumulation]
+        per_rank = self.accumulation * self.width
+        mine = self.consumed(batches)[self.rank * per_rank : (self.rank + 1) * per_rank]
         return sum(self.deal.per_rank - done for done in mine)

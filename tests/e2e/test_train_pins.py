@@ -72,11 +72,12 @@ ACCUMULATION = ("train.max_steps=6", ZERO2, "train.precision=fp32", "model.dtype
 
 
 def accumulation_runs(tiny_llava: Path, shards: Path, tmp_path: Path, *extra: str) -> tuple[Path, Path]:
-    """micro 4 × accumulation 2 and micro 8 × accumulation 1: the same 8 samples per optimizer step (the stream's
-    order is a function of seed and epoch alone, not of the micro-batch size)."""
+    """micro 4 × accumulation 2 and micro 8 × accumulation 1 drawing on 2 strips: the same 8 samples per optimizer
+    step (batch k of the same 2 readers of the stream's deal, `data_shards.stream.deal`)."""
     accumulated, whole = tmp_path / "micro4x2", tmp_path / "micro8x1"
     train(tiny_llava, shards, accumulated, *ACCUMULATION, *extra, "train.micro_batch_size=4", "train.grad_accum=2")
-    train(tiny_llava, shards, whole, *ACCUMULATION, *extra, "train.micro_batch_size=8", "train.grad_accum=1")
+    eight = ("train.micro_batch_size=8", "train.grad_accum=1", "data.strips_per_batch=2")
+    train(tiny_llava, shards, whole, *ACCUMULATION, *extra, *eight)
     return accumulated, whole
 
 

@@ -136,3 +136,11 @@ def test_sample_fraction_outside_zero_to_one_is_refused(fraction):
     with pytest.raises(ConfigError, match=rf"data.sample_fraction: must be in \(0, 1\], got {float(fraction)}"):
         load(None, [*REQUIRED, f"data.sample_fraction={fraction}"])
     assert load(None, [*REQUIRED, "data.sample_fraction=1"]).data.sample_fraction == 1.0
+
+
+def test_strips_per_batch_must_divide_the_micro_batch_and_the_cache_be_positive():
+    with pytest.raises(ConfigError, match=r"data.strips_per_batch: must divide train.micro_batch_size \(4\), got 3"):
+        load(None, [*REQUIRED, "train.micro_batch_size=4", "data.strips_per_batch=3"])
+    with pytest.raises(ConfigError, match="data.cache_gb: must be positive"):
+        load(None, [*REQUIRED, "data.cache_gb=0"])
+    assert load(None, [*REQUIRED, "train.micro_batch_size=4", "data.strips_per_batch=2"]).data.strips_per_batch == 2

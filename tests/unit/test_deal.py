@@ -79,3 +79,14 @@ def test_a_step_takes_one_batch_of_every_reader_however_ranks_and_micro_steps_sp
     two_by_two = Schedule(deal, 1, 2, batch_size=4)
     assert two_by_two.batch_positions(1).tolist() == [18, 19, 20, 21]  # rank 1, micro-batch 1: reader 3's batch 0
     assert two_by_two.consumed(3) == [6, 4, 6, 4] and two_by_two.items_left(3) == 2
+
+
+def test_a_wider_micro_batch_draws_on_several_readers_as_accumulation_would():
+    deal = Deal.whole(40, 2, "pad")
+    accumulated = Schedule(deal, 0, accumulation=2, batch_size=4)
+    wide = Schedule(deal, 0, accumulation=1, batch_size=8, width=2)
+    for step in range(5):
+        pair = [accumulated.batch_positions(2 * step + m).tolist() for m in range(2)]
+        assert wide.batch_positions(step).tolist() == pair[0] + pair[1]
+    assert wide.consumed(3) == accumulated.consumed(6) == [12, 12]
+    assert wide.items_left(3) == accumulated.items_left(6) == 16

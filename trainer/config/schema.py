@@ -50,6 +50,13 @@ class DataSection:
     on_corrupt: str = option(
         "skip", help="a damaged shard or sample is skipped and counted, or stops the run", choices=("skip", "fail")
     )
+    strips_per_batch: int = option(
+        1,
+        help="readers (contiguous strips of the epoch's order) each training micro-batch draws from; a step's samples "
+        "depend on ranks × grad_accum × this and the batch per strip, so micro_batch_size 8 with 2 trains as 4 with "
+        "grad_accum 2; = micro_batch_size makes them depend on the global batch only (a block of shards in flight "
+        "per sample of it)",
+    )
     cache_dir: str = option(
         "", help="node-local cache of remote (pipe:, http) shards; empty: $SHARDTUNE_CACHE or the temp directory's"
     )
@@ -228,6 +235,11 @@ class TrainConfig:
             found.append("train.max_steps / train.epochs: set max_steps > 0 or epochs >= 1")
         if not 0 < self.data.sample_fraction <= 1:
             found.append(f"data.sample_fraction: must be in (0, 1], got {self.data.sample_fraction}")
+        if self.data.strips_per_batch < 1 or self.train.micro_batch_size % self.data.strips_per_batch:
+            found.append(
+                f"data.strips_per_batch: must divide train.micro_batch_size ({self.train.micro_batch_size}), "
+                f"got {self.data.strips_per_batch}"
+            )
         if self.data.cache_gb <= 0:
             found.append(f"data.cache_gb: must be positive, got {self.data.cache_gb}")
         if self.optimizer.lr <= 0:

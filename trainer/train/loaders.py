@@ -71,6 +71,7 @@ def make_loader(config: TrainConfig, world: WorldInfo, source: str, collate, shu
         on_corrupt=data.on_corrupt,
         sample_fraction=data.sample_fraction if shuffle else 1.0,
         accumulation=config.train.grad_accum if shuffle else 1,
+        width=data.strips_per_batch if shuffle else 1,
         cache_dir=data.cache_dir,
         cache_gb=data.cache_gb,
     )
@@ -95,5 +96,6 @@ def planned_steps(config: TrainConfig, stream: ShardStream | MixStream) -> int:
     if config.train.max_steps:
         return config.train.max_steps
     whole_epoch = Deal.whole(stream.epoch_samples, stream.reader_count, stream.config.remainder)
-    micro_batches = Schedule(whole_epoch, stream.rank, stream.config.accumulation, stream.config.batch_size)
+    c = stream.config
+    micro_batches = Schedule(whole_epoch, stream.rank, c.accumulation, c.batch_size, c.width)
     return max(1, config.train.epochs * micro_batches.total_batches // config.train.grad_accum)
