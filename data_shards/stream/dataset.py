@@ -60,7 +60,7 @@ class DealtStream(IterableDataset):
 
     @property
     def reader_count(self) -> int:
-        """Strips the epoch is dealt in: one per rank and micro-batch of an optimizer step."""
+        """Strips the epoch is dealt in: per rank, micro-batch of an optimizer step and strip of a micro-batch."""
         return self.world_size * self.config.accumulation * self.config.width
 
     def rewind(self) -> None:
@@ -103,8 +103,8 @@ class DealtStream(IterableDataset):
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue a saved progress: exactly, with as many readers (any world size × accumulation); otherwise
-        by dealing its unread rest."""
+        """Continue a saved progress: exactly, with as many readers giving as many samples a batch (whatever the
+        split into ranks × accumulation × width); otherwise by dealing its unread rest."""
         self.epoch = state["epoch"]
         if "segment" not in state:  # saved by the interleaved deal: positions before `position` were read
             saved = Deal(((state["position"], self.epoch_samples),), 1, "drop")
