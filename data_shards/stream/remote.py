@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,14 +31,15 @@ def open_remote(url: str) -> Iterator[BinaryIO]:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
             yield response
         return
-    process = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        yield process.stdout
-    finally:
-        process.stdout.close()
-        status = process.wait()
-        error = process.stderr.read().decode(errors="replace").strip()
-        process.stderr.close()
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a chatty CLI cannot fill it and stall
+        process = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            yield process.stdout
+        finally:
+            process.stdout.close()
+            status = process.wait()
+            stderr.seek(0)
+            error = stderr.read().decode(errors="replace").strip()
     if status != 0:
         raise TransferError(f"{url}: command exited with {status}" + (f": {error[-500:]}" if error else ""))
 
