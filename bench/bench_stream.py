@@ -2,12 +2,19 @@
 
 Three loaders read the same synthetic LLaVA dataset (default 10,000 JPEGs of 256x256) with the
 same worker count and batch size, and yield the same batches: uint8 tensors [B, S, S, 3], S being
-the training resolution.
+the training resolution, in one of two geometries (--geometry):
 
-  shards  (a)  `ShardLoader` over shards built once with `ImagePolicy(max_side=S)`: training reads
-               a few tar files by seeking and decodes S-sized JPEGs;
+  squash  resized to SxS, aspect not kept (SigLIP-style processors); shards built with
+          `ImagePolicy(max_side=S)`;
+  crop    shortest side resized to S (bicubic), then centre-cropped to SxS: the image processor
+          llava-hf/llava-1.5-7b-hf publishes (CLIPImageProcessor, shortest_edge 336, resample 3,
+          crop_size 336; trainer/models/families/published/llava-1.5-7b-hf.json); shards built with
+          `ImagePolicy(short_side=S)`, what that processor keeps of a photo.
+
+  shards  (a)  `ShardLoader` over shards built once with that policy: training reads a few tar
+               files by seeking and decodes S-sized JPEGs;
   loose   (b)  a map-style Dataset over the JSON list that opens one file per sample with PIL,
-               decodes it at full size and resizes it to SxS, as LLaVA's loader does;
+               decodes it at full size and brings it to SxS, as LLaVA's loader does;
   limit   (c)  the very JPEG bytes stored in the shards, preloaded into memory and decoded with
                the same DataLoader settings: no I/O, tar parsing or sample schema, so the ceiling
                for (a).
@@ -63,7 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=10_000, help="samples (one image each)")
     parser.add_argument("--image-size", type=int, default=256, help="width of the source JPEGs")
     parser.add_argument("--image-height", type=int, help="height of the source JPEGs (default: square)")
-    parser.add_argument("--size", type=int, default=64, help="training resolution S (shards built with max_side=S)")
+    parser.add_argument("--size", type=int, default=64, help="training resolution S")
+    parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default="squash", help="how an image becomes SxS")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, all three loaders")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size, all three loaders")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per loader; the fastest is reported")
@@ -93,7 +101,7 @@ def prepare_source(out: Path, params: dict) -> Path:
 
 
 def prepare_shards(data_json: Path, out: Path, params: dict) -> tuple[Path, float, bool]:
-    """(train split folder, build seconds, reused): shards built with max_side=S, or the ones there."""
+    """(train split folder, build seconds, reused): shards built with the geometry's policy, or the ones there."""
     folder, marker = out / "shards", out / "shards.json"
     if matches(marker, params):
         return folder / "train", json.loads(marker.read_text())["build_seconds"], True
@@ -101,7 +109,7 @@ def prepare_shards(data_json: Path, out: Path, params: dict) -> tuple[Path, floa
         input=data_json,
         out=folder,
         seed=SEED,
-        policy=ImagePolicy(max_side=params["size"]),
+        policy=ImagePolicy(**{GEOMETRIES[params.get("geometry", "squash")][1]: params["size"]}),
         workers=os.cpu_count() or 1,
         overwrite=True,
         progress=False,
@@ -125,43 +133,60 @@ def warm_page_cache(paths: Iterable[Path]) -> None:
 # --- the three loaders: same tensors, same DataLoader settings ----------------------------------
 
 
-def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """uint8 [S, S, 3]; resized only when the image is not SxS already."""
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.array(image))
+def squash(image: Image.Image, size: int) -> Image.Image:
+    """SxS, aspect not kept; resized only when the image is not SxS already."""
+    return image if image.size == (size, size) else image.resize((size, size), Image.Resampling.BILINEAR)
 
 
-def collate_samples(samples: list[Sample], size: int) -> torch.Tensor:
-    return default_collate([to_tensor(sample.images[0].decode(), size) for sample in samples])
+def shortest_side_then_crop(image: Image.Image, size: int) -> Image.Image:
+    """The CLIP image processor's geometry: shortest side to S (bicubic) unless it is S already, centre crop."""
+    width, height = image.size
+    if min(width, height) != size:
+        scale = size / min(width, height)
+        width, height = max(size, round(width * scale)), max(size, round(height * scale))
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+GEOMETRIES = {"squash": (squash, "max_side"), "crop": (shortest_side_then_crop, "short_side")}
+
+
+def to_tensor(image: Image.Image, size: int, geometry: str) -> torch.Tensor:
+    """uint8 [S, S, 3]."""
+    return torch.from_numpy(np.array(GEOMETRIES[geometry][0](image, size)))
+
+
+def collate_samples(samples: list[Sample], size: int, geometry: str) -> torch.Tensor:
+    return default_collate([to_tensor(sample.images[0].decode(), size, geometry) for sample in samples])
 
 
 class LooseImages(Dataset):
     """LLaVA-style: one image file opened, decoded and resized per sample."""
 
-    def __init__(self, data_json: Path, size: int):
+    def __init__(self, data_json: Path, size: int, geometry: str):
         self.paths = [data_json.parent / record["image"] for record in json.loads(data_json.read_text())]
-        self.size = size
+        self.size, self.geometry = size, geometry
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_tensor(Image.open(self.paths[index]).convert("RGB"), self.size)
+        return to_tensor(Image.open(self.paths[index]).convert("RGB"), self.size, self.geometry)
 
 
 class MemoryJpegs(Dataset):
     """Encoded images held in memory: decoding alone."""
 
-    def __init__(self, blobs: list[bytes], size: int):
+    def __init__(self, blobs: list[bytes], size: int, geometry: str):
         self.blobs = blobs
-        self.size = size
+        self.size, self.geometry = size, geometry
 
     def __len__(self) -> int:
         return len(self.blobs)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_tensor(Image.open(io.BytesIO(self.blobs[index])).convert("RGB"), self.size)
+        return to_tensor(Image.open(io.BytesIO(self.blobs[index])).convert("RGB"), self.size, self.geometry)
 
 
 def stored_jpegs(split_dir: Path) -> list[bytes]:
@@ -182,7 +207,7 @@ def shard_epochs(split_dir: Path, args: argparse.Namespace) -> Callable[[int], I
     loader = ShardLoader(
         ShardStream(split_dir, config=config),
         num_workers=args.workers,
-        collate_fn=partial(collate_samples, size=args.size),
+        collate_fn=partial(collate_samples, size=args.size, geometry=args.geometry),
     )
 
     def epoch(number: int) -> ShardLoader:
@@ -286,19 +311,21 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     source_params = {"n": args.n, "image_size": args.image_size, "image_height": args.image_height, "seed": SEED}
     data_json = prepare_source(args.out, source_params)
-    split_dir, build_seconds, reused = prepare_shards(data_json, args.out, {"source": source_params, "size": args.size})
-    loose = LooseImages(data_json, args.size)
+    shard_params = {"source": source_params, "size": args.size, "geometry": args.geometry}
+    split_dir, build_seconds, reused = prepare_shards(data_json, args.out, shard_params)
+    loose = LooseImages(data_json, args.size, args.geometry)
     warm_page_cache([*loose.paths, *split_dir.glob("*.tar")])
     epochs = {
         "shards": shard_epochs(split_dir, args),
         "loose": dataloader_epochs(loose, args),
-        "limit": dataloader_epochs(MemoryJpegs(stored_jpegs(split_dir), args.size), args),
+        "limit": dataloader_epochs(MemoryJpegs(stored_jpegs(split_dir), args.size, args.geometry), args),
     }
     loaders = measure(epochs, args.size, args.repeats)
     result = {
         "params": {
             **source_params,
             "size": args.size,
+            "geometry": args.geometry,
             "workers": args.workers,
             "batch_size": args.batch_size,
             "repeats": args.repeats,

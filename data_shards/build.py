@@ -154,6 +154,7 @@ def index_header(source: Source, config: BuildConfig, kept: list[CheckedSample])
             },
             "max_pixels": config.policy.max_pixels,
             "max_side": config.policy.max_side,
+            "short_side": config.policy.short_side,
             "jpeg_quality": config.policy.jpeg_quality,
             "keep_duplicates": config.keep_duplicates,
             "shard_max_samples": config.layout.max_samples,

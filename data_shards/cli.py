@@ -58,6 +58,9 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     checks = parser.add_argument_group("checks and re-encoding")
     checks.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject images with more pixels")
     checks.add_argument("--max-side", type=int, help="re-encode so the longest side is at most this (JPEG)")
+    checks.add_argument(
+        "--short-side", type=int, help="re-encode so the shortest side is at most this (JPEG), as CLIP processors keep"
+    )
     checks.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality when re-encoding")
     checks.add_argument(
         "--keep-duplicates",
@@ -118,7 +121,7 @@ def config_from_args(args: argparse.Namespace, write_shards: bool) -> BuildConfi
         image_root=args.image_root,
         split=split,
         seed=args.seed,
-        policy=ImagePolicy(args.max_pixels, args.max_side, args.jpeg_quality),
+        policy=ImagePolicy(args.max_pixels, args.max_side, args.jpeg_quality, args.short_side),
         layout=ShardLayout(args.shard_samples, args.shard_bytes) if write_shards else ShardLayout(),
         options=options,
         workers=args.workers,

@@ -36,14 +36,32 @@ class ImagePolicy:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_side: int | None = None
     jpeg_quality: int = 90
+    short_side: int | None = None  # what CLIP-style processors keep: shortest edge resized, then centre-cropped
 
     def __post_init__(self) -> None:
         if self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
-        if self.max_side is not None and self.max_side < 8:
-            raise ValueError(f"max_side must be at least 8, got {self.max_side}")
+        for name in ("max_side", "short_side"):
+            if getattr(self, name) is not None and getattr(self, name) < 8:
+                raise ValueError(f"{name} must be at least 8, got {getattr(self, name)}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+
+    @property
+    def reencodes(self) -> bool:
+        return bool(self.max_side or self.short_side)
+
+    def resized(self, width: int, height: int) -> tuple[int, int] | None:
+        """The size to store, aspect kept: longest side at most `max_side`, shortest at most `short_side`;
+        None when the image is within both (never enlarged)."""
+        scale = min(
+            1.0,
+            self.max_side / max(width, height) if self.max_side else 1.0,
+            self.short_side / min(width, height) if self.short_side else 1.0,
+        )
+        if scale == 1.0:
+            return None
+        return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 @dataclass
@@ -78,8 +96,9 @@ def prepare_image(path: Path, policy: ImagePolicy) -> PreparedImage:
     if not changes:
         return PreparedImage(raw, PASSTHROUGH_FORMATS[image.format], image.width, image.height, sha, *source)
     rgb = to_rgb(image)
-    if policy.max_side and max(rgb.size) > policy.max_side:
-        rgb = ImageOps.contain(rgb, (policy.max_side, policy.max_side), Image.Resampling.BICUBIC)
+    size = policy.resized(*rgb.size)
+    if size:
+        rgb = rgb.resize(size, Image.Resampling.BICUBIC)
     data, fmt = encode(rgb, image.format, policy)
     return PreparedImage(data, fmt, rgb.width, rgb.height, sha, *source, changes)
 
@@ -117,9 +136,9 @@ def normalisations_needed(image: Image.Image, policy: ImagePolicy) -> list[str]:
         changes.append(f"mode_{image.mode.lower().replace(';', '')}")
     if image.getexif().get(0x0112, 1) != 1:
         changes.append("exif_orientation")
-    if policy.max_side and max(image.size) > policy.max_side:
+    if policy.resized(*image.size):
         changes.append("resized")
-    elif policy.max_side and image.format != "JPEG":
+    elif policy.reencodes and image.format != "JPEG":
         changes.append("reencoded")
     return changes
 
@@ -143,8 +162,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def encode(image: Image.Image, source_format: str | None, policy: ImagePolicy) -> tuple[bytes, str]:
     """JPEG when re-encoding is asked for or the source was a JPEG; lossless PNG otherwise."""
     buffer = io.BytesIO()
-    if policy.max_side or source_format == "JPEG":
-        image.save(buffer, format="JPEG", quality=policy.jpeg_quality if policy.max_side else 95)
+    if policy.reencodes or source_format == "JPEG":
+        image.save(buffer, format="JPEG", quality=policy.jpeg_quality if policy.reencodes else 95)
         return buffer.getvalue(), "jpeg"
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue(), "png"

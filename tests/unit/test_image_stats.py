@@ -83,3 +83,20 @@ def test_no_accepted_images_reports_count_zero(tmp_path):
     assert images["encoded_bytes"] == {"total": 0, "median": None}
     assert images["source_formats"] == images["source_modes"] == {}
     assert "0 image references in the accepted samples." in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_short_side_from_the_command_line_shrinks_the_stored_images(tmp_path):
+    data = write_dataset(tmp_path / "raw", SAMPLES)
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["build", "--input", str(data), "--out", str(out), "--short-side", "20", "--workers", "0", "--no-progress"]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["options"]["short_side"] == 20
+    assert report["stats"]["images"]["width"]["min"] == 10  # never enlarged: 10x20 stays
+    with tarfile.open(out / "train" / "shard-000000.tar") as tar:
+        sizes = sorted(Image.open(tar.extractfile(m)).size for m in tar.getmembers() if not m.name.endswith("json"))
+    assert sizes == [(10, 20), (20, 24), (20, 27), (40, 10)]  # 50x60 and 30x40 shrunk; shortest sides 10 kept

@@ -99,8 +99,21 @@ def test_reencode_bounds_the_longest_side(tmp_path):
     assert "resized" in prepared.changes
 
 
+def test_reencode_bounds_the_shortest_side_and_never_enlarges(tmp_path):
+    photo = save(Image.new("RGB", (640, 480), (0, 255, 0)), tmp_path / "photo.jpg")
+    prepared = prepare_image(photo, ImagePolicy(short_side=336))
+    assert (prepared.format, prepared.width, prepared.height) == ("jpeg", 448, 336)
+    assert "resized" in prepared.changes
+    both = prepare_image(photo, ImagePolicy(short_side=336, max_side=400))
+    assert (both.width, both.height) == (400, 300)
+    small = prepare_image(save(Image.new("RGB", (300, 200)), tmp_path / "small.png"), ImagePolicy(short_side=336))
+    assert (small.format, small.width, small.height, small.changes) == ("jpeg", 300, 200, ["reencoded"])
+
+
 def test_policy_rejects_nonsense_values():
     with pytest.raises(ValueError, match="jpeg_quality"):
         ImagePolicy(jpeg_quality=0)
     with pytest.raises(ValueError, match="max_pixels"):
         ImagePolicy(max_pixels=0)
+    with pytest.raises(ValueError, match="short_side"):
+        ImagePolicy(short_side=4)
