@@ -471,36 +471,53 @@ def test_no_requeue_past_max_requeues(slurm_env, tiny_llava, color_shards, tmp_p
     assert final_state(job) != "COMPLETED"
 
 
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_sbatch_template_requeues_and_resumes(slurm_env, tiny_llava, color_shards, tmp_path):
-    """The plain template under real sbatch: rank 0 signals itself at step 5, exit 85 → scontrol requeue → resume."""
-    log = tmp_path / "job.out"
+def sbatch_template(log: Path, tasks: int, env: dict, overrides: list[str]) -> str:
+    """Submit slurm/train.sbatch on CPU with `tasks` ranks; the job id."""
     command = [
         "sbatch",
         "--parsable",
         "--gpus-per-node=0",
-        "--ntasks-per-node=2",
+        f"--ntasks-per-node={tasks}",
         "--cpus-per-task=1",
         "--partition=debug",
         "--time=10",
         f"--output={log}",
         str(ROOT / "slurm/train.sbatch"),
         str(ROOT / "configs/demo.yaml"),
-        *training(
-            tiny_llava, color_shards, tmp_path / "run", "train.max_steps=12", f"train.callbacks=[{faults.CALLBACK}]"
-        ),
+        *overrides,
     ]
-    env = {**os.environ, "PYTHON": sys.executable, "DS_ACCELERATOR": "cpu", faults.ENVIRONMENT: "signal_step=5"}
-    job_id = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
-    summary = tmp_path / "run" / "train_summary.json"
-    deadline = time.monotonic() + 240
-    while not summary.exists():
+    env = {**os.environ, "PYTHON": sys.executable, "DS_ACCELERATOR": "cpu", **env}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def wait_for_summary(job_id: str, log: Path, summary: Path, steps: int, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while not (summary.exists() and json.loads(summary.read_text())["steps"] == steps):
         if time.monotonic() > deadline:
             subprocess.run(["scancel", job_id])
             pytest.fail(f"sbatch job {job_id} did not finish:\n{log.read_text()[-3000:] if log.exists() else ''}")
         time.sleep(1)
+    return json.loads(summary.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sbatch_template_requeues_resumes_and_continues_on_fewer_tasks(slurm_env, tiny_llava, color_shards, tmp_path):
+    """The plain template under real sbatch: rank 0 signals itself at step 5, exit 85 → scontrol requeue → resume.
+    Then the run is submitted again with one task instead of two: `--resume auto` converts the 2-rank checkpoint
+    (a requeued job keeps its submit-time task count on SLURM, so another count arrives as a new submission)."""
+    run_dir, log, summary = tmp_path / "run", tmp_path / "job.out", tmp_path / "run" / "train_summary.json"
+    faulty = training(tiny_llava, color_shards, run_dir, "train.max_steps=12", f"train.callbacks=[{faults.CALLBACK}]")
+    job_id = sbatch_template(log, 2, {faults.ENVIRONMENT: "signal_step=5"}, faulty)
+    assert wait_for_summary(job_id, log, summary, 12)["world_size"] == 2
     text = log.read_text()
     assert "preempted: checkpoint written, requeueing" in text and f"job {job_id} restart 1: 2 task(s)" in text
     assert "resumed from" in text and "at step 5" in text
-    assert json.loads(summary.read_text())["steps"] == 12
+
+    again = tmp_path / "again.out"
+    second = sbatch_template(again, 1, {}, training(tiny_llava, color_shards, run_dir, "train.max_steps=16"))
+    assert wait_for_summary(second, again, summary, 16)["world_size"] == 1
+    text = again.read_text()
+    assert f"job {second} restart 0: 1 task(s)" in text and "at step 12" in text
+    assert "to a universal checkpoint" in text
+    assert (run_dir / "checkpoints" / "step00000012" / "universal").is_dir()
