@@ -7,13 +7,20 @@ orders one after another, so no sample comes twice before every other one of its
 permutation interleaves the sources; from there the deal, ranks and workers are one split's
 (`data_shards.stream.deal`): equal counts on every rank by construction, an exact resume, and the same rule when
 the world size changes. Each source is read with its own shard reader, a run of consecutive items from one
-shuffle block at a time. The mix's order is held whole (about 32 bytes a sample), unlike one split's.
+shuffle block at a time.
+
+The order is drawn one mix block at a time (`MixOrder`), so a reader holds a few blocks, not the epoch: the
+epoch's positions are cut into ⌈N / MIX_BLOCK⌉ blocks, source i fills ⌊mᵢ × b / blocks⌋ positions before block
+b (so every block holds every source in proportion, within one item), a seeded permutation per block interleaves
+them, and source i's k-th item is item k of its own orders in turn, themselves drawn a shuffle block at a time.
+A rank's strip is contiguous in the mix, so it is contiguous in each source's order too: read once still holds.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,10 +29,11 @@ import numpy as np
 from data_shards.sample import Sample
 from data_shards.stream.config import StreamConfig
 from data_shards.stream.dataset import DealtStream, ShardStream
-from data_shards.stream.order import epoch_order
+from data_shards.stream.order import KEPT_BLOCKS, BlockOrder, EpochOrder, epoch_order
 from data_shards.stream.reader import ShardReader, Skipped, runs_by_block
 
-MIX_STREAM = 0x3A1C  # the interleaving's random stream, [seed, epoch, MIX_STREAM]
+MIX_STREAM = 0x3A1C  # the interleaving's random stream, [seed, epoch, MIX_STREAM, block]
+MIX_BLOCK = 65_536  # positions of the mix one permutation interleaves
 PART = re.compile(r"^(?P<path>.+):(?P<weight>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+)$")
 
 
@@ -57,18 +65,79 @@ def allocate(weights: list[float], total: int) -> list[int]:
     return [int(share) for share in shares]
 
 
-@dataclass(frozen=True)
+class SourceTurns:
+    """One source's items in a mix epoch: item k is item k mod n of the source's epoch order number k div n
+    (its own epochs in turn, `rounds` of them per mix epoch), each drawn lazily."""
+
+    def __init__(self, stream: ShardStream, part: int, mix_epoch: int, rounds: int):
+        self.stream, self.part, self.first_epoch = stream, part, mix_epoch * rounds
+        self.orders: OrderedDict[int, BlockOrder | EpochOrder] = OrderedDict()
+
+    def order(self, turn: int) -> BlockOrder | EpochOrder:
+        if turn not in self.orders:
+            c, counts = self.stream.config, [shard.samples for shard in self.stream.shards]
+            epoch = self.first_epoch + turn
+            self.orders[turn] = epoch_order(counts, c.seed, epoch, c.shuffle, c.block_shards, c.sample_fraction)
+            if len(self.orders) > KEPT_BLOCKS:
+                self.orders.popitem(last=False)
+        return self.orders[turn]
+
+    def items(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shard, sample, run key) of items k; a run key names (source, turn, shuffle block)."""
+        turns, within = np.divmod(k, self.stream.epoch_samples)
+        shard, sample, run = (np.empty(len(k), dtype=np.int64) for _ in range(3))
+        for turn in np.unique(turns).tolist():
+            here = turns == turn
+            shard[here], sample[here], block = self.order(turn).items(within[here])
+            run[here] = block + (turn << 20) + (self.part << 40)
+        return shard, sample, run
+
+
 class MixOrder:
-    part: np.ndarray  # source of each global position
-    shard: np.ndarray  # shard number within that source
-    sample: np.ndarray  # index within that shard
-    run: np.ndarray  # (source, its epoch, shuffle block): what one reader reads in one go
+    """The mix's order of one epoch, drawn a mix block at a time (same order however it is asked for)."""
+
+    def __init__(self, shares: list[int], sources: list[SourceTurns], seed: int, epoch: int, shuffle: bool):
+        blocks = max(1, math.ceil(sum(shares) / MIX_BLOCK))
+        self.before = np.stack([share * np.arange(blocks + 1, dtype=np.int64) // blocks for share in shares])
+        self.block_start = self.before.sum(axis=0)
+        self.sources, self.seed, self.epoch, self.shuffle = sources, seed, epoch, shuffle
+        self.kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self.part)
+        return int(self.block_start[-1])
+
+    def block_items(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source, item number within the source) of each position of one mix block."""
+        if block in self.kept:
+            self.kept.move_to_end(block)
+            return self.kept[block]
+        first, counts = self.before[:, block], self.before[:, block + 1] - self.before[:, block]
+        labels = np.repeat(np.arange(len(counts)), counts)
+        if self.shuffle:
+            labels = labels[np.random.default_rng([self.seed, self.epoch, MIX_STREAM, block]).permutation(len(labels))]
+        item = np.empty(len(labels), dtype=np.int64)
+        for part, count in enumerate(counts.tolist()):
+            item[labels == part] = first[part] + np.arange(count)
+        self.kept[block] = (labels, item)
+        if len(self.kept) > KEPT_BLOCKS:
+            self.kept.popitem(last=False)
+        return labels, item
 
     def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return self.part[positions], self.shard[positions], self.sample[positions], self.run[positions]
+        """(source, shard, sample, run key) of each position."""
+        positions = np.asarray(positions, dtype=np.int64)
+        blocks = np.searchsorted(self.block_start, positions, side="right") - 1
+        part, item = np.empty_like(positions), np.empty_like(positions)
+        for block in np.unique(blocks).tolist():
+            here = blocks == block
+            labels, items = self.block_items(block)
+            local = positions[here] - self.block_start[block]
+            part[here], item[here] = labels[local], items[local]
+        shard, sample, run = (np.empty_like(positions) for _ in range(3))
+        for source in np.unique(part).tolist():
+            here = part == source
+            shard[here], sample[here], run[here] = self.sources[source].items(item[here])
+        return part, shard, sample, run
 
 
 class MixStream(DealtStream):
@@ -104,31 +173,13 @@ class MixStream(DealtStream):
         ]
         return f"data.train mix, {self.epoch_samples} samples per epoch: " + "; ".join(lines)
 
-    def source_items(self, part: int, share: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(shard, sample, run key) of the `share` items source `part` gives this epoch: its own epochs in turn."""
-        stream, c = self.streams[part], self.config
-        counts = [shard.samples for shard in stream.shards]
-        rounds = max(1, math.ceil(share / stream.epoch_samples))
-        shards, samples, runs = [], [], []
-        for turn in range(rounds):
-            epoch = self.epoch * rounds + turn
-            order = epoch_order(counts, c.seed, epoch, c.shuffle, c.block_shards, c.sample_fraction)
-            shard, sample, block = order.items(np.arange(len(order)))
-            shards.append(shard)
-            samples.append(sample)
-            runs.append(block + (turn << 20) + (part << 40))
-        return np.concatenate(shards)[:share], np.concatenate(samples)[:share], np.concatenate(runs)[:share]
-
     def order(self) -> MixOrder:
         shares = self.shares()
-        labels = np.concatenate([np.full(share, part) for part, share in enumerate(shares)])
-        if self.config.shuffle:
-            labels = labels[np.random.default_rng([self.config.seed, self.epoch, MIX_STREAM]).permutation(len(labels))]
-        shard, sample, run = (np.empty(len(labels), dtype=np.int64) for _ in range(3))
-        for part, share in enumerate(shares):
-            where = np.flatnonzero(labels == part)
-            shard[where], sample[where], run[where] = self.source_items(part, share)
-        return MixOrder(labels, shard, sample, run)
+        sources = [
+            SourceTurns(stream, part, self.epoch, max(1, math.ceil(share / stream.epoch_samples)))
+            for part, (stream, share) in enumerate(zip(self.streams, shares))
+        ]
+        return MixOrder(shares, sources, self.config.seed, self.epoch, self.config.shuffle)
 
     def open_readers(self) -> list[ShardReader]:
         return [reader for stream in self.streams for reader in stream.open_readers()]

@@ -69,7 +69,7 @@ def resolve_shards(
             for pattern in ([source] if isinstance(source, (str, os.PathLike)) else source)
             for url in braceexpand(str(pattern))
         ]
-        split = read_index(index if index is not None else default_index(urls))
+        split = read_index(index) if index is not None else read_default_index(urls)
     entries = {shard["name"]: shard for shard in split.doc["shards"]}
     shards = []
     for url in urls:
@@ -85,10 +85,18 @@ def shard_basename(url: str) -> str:
     return url.rstrip().split()[-1].rsplit("/", 1)[-1] if url.startswith("pipe:") else url.rsplit("/", 1)[-1]
 
 
-def default_index(urls: list[str]) -> str:
-    if not urls or urls[0].startswith("pipe:"):
-        raise ValueError("pipe: shards need index= (a path, or a pipe: command printing index.json)")
-    return sibling(urls[0], INDEX_NAME) if is_remote(urls[0]) else str(Path(urls[0]).parent / INDEX_NAME)
+def read_default_index(urls: list[str]) -> SplitIndex:
+    """The index beside the first shard: the same folder, URL prefix, or `pipe:` command with the shard's name
+    replaced (`pipe:aws s3 cp s3://b/x/shard-000000.tar -` → `pipe:aws s3 cp s3://b/x/index.json -`)."""
+    if not urls:
+        raise ValueError("no shards given")
+    location = sibling(urls[0], INDEX_NAME) if is_remote(urls[0]) else str(Path(urls[0]).parent / INDEX_NAME)
+    try:
+        return read_index(location)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{location}: cannot read the split's index beside its shards ({error}); pass index="
+        ) from error
 
 
 def read_index(index: str | os.PathLike) -> SplitIndex:

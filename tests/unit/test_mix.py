@@ -2,17 +2,23 @@
 down-sampled without repeats before a source is used up, a mid-epoch resume, and the loader's state."""
 
 import json
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import launch_training
 
 from data_shards.build import BuildConfig, build
+from data_shards.index import save_index
+from data_shards.sample import SCHEMA_VERSION
 from data_shards.stream import ShardLoader, StreamConfig
+from data_shards.stream import mix as mix_module
 from data_shards.stream.mix import MixPart, MixStream, allocate, parse_mix
+from data_shards.stream.order import KEPT_BLOCKS
 from data_shards.synthetic import make_dataset
-from data_shards.write import ShardLayout
+from data_shards.write import ShardLayout, shard_name
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +109,46 @@ def test_training_reads_a_mix_and_preflight_names_a_missing_part(tiny_llava, spl
     )
     missing = launch_training("in-process", 1, [*common, f"data.train={splits['big']}:1,{tmp_path / 'nope'}:1"])
     assert missing.returncode == 2 and "data.train" in missing.stderr and "nope" in missing.stderr
+
+
+def test_the_mix_order_is_drawn_a_block_at_a_time_and_is_the_same_however_it_is_asked_for(splits, monkeypatch):
+    monkeypatch.setattr(mix_module, "MIX_BLOCK", 16)
+    mix = stream(splits, weights=(0.7, 0.3))
+    whole = mix.order().items(np.arange(mix.epoch_samples))
+    order = mix.order()
+    assert len(order.block_start) - 1 == 5  # 80 positions in blocks of 16
+    for chunk in np.array_split(np.random.default_rng(0).permutation(mix.epoch_samples), 9):
+        assert all(np.array_equal(got, want[chunk]) for got, want in zip(order.items(chunk), whole))
+        assert len(order.kept) <= KEPT_BLOCKS
+    for block in range(5):  # every block holds the sources by their shares (56 and 24 of 80), within one
+        here = whole[0][order.block_start[block] : order.block_start[block + 1]]
+        assert abs((here == 0).sum() - 56 / 5) < 1 and abs((here == 1).sum() - 24 / 5) < 1
+
+
+def synthetic_split(folder: Path, shards: int, per_shard: int, name: str) -> str:
+    """An index without tars, as `pipe:` URLs (their index found beside them; no shard is opened here)."""
+    offsets = (np.arange(per_shard + 1) * 2048).tolist()
+    entries = [
+        {"name": shard_name(s), "samples": per_shard, "bytes": offsets[-1] + 1024, "sha256": f"{s:064x}"}
+        | {"offsets": offsets, "keys": [f"{name}{s}-{i}" for i in range(per_shard)]}
+        for s in range(shards)
+    ]
+    header = {"schema_version": SCHEMA_VERSION, "split": "train", "num_samples": shards * per_shard}
+    folder.mkdir()
+    save_index(folder, {**header, "source": {"fingerprint": name}, "shards": entries})
+    return f"pipe:cat {folder}/shard-{{000000..{shards - 1:06d}}}.tar"
+
+
+def test_a_rank_of_a_two_million_sample_mix_holds_a_few_blocks_not_the_epoch(tmp_path):
+    urls = [synthetic_split(tmp_path / name, 1000, 1000, name) for name in ("a", "b")]
+    parts = [MixPart(urls[0], 0.7), MixPart(urls[1], 0.3)]
+    mix = MixStream(parts, config=StreamConfig(batch_size=8, seed=1), rank=5, world_size=64)
+    schedule = mix.schedule()
+    positions = np.concatenate([schedule.batch_positions(b) for b in range(512)])
+    tracemalloc.start()
+    part, shard, sample, _ = mix.order().items(positions)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8e6  # 3.8 MB; the whole order, drawn at once as before, peaked at 181 MB
+    assert len(set(zip(part.tolist(), shard.tolist(), sample.tolist()))) == len(positions)
+    assert abs((part == 0).mean() - 0.7) < 0.05
