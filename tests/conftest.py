@@ -11,6 +11,7 @@ import sys
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trainer.distributed.launchers import deepspeed_command, torchrun_command
@@ -248,3 +249,22 @@ def mixed_shards(tmp_path_factory) -> Path:
         )
     )
     return root / "shards"
+
+
+def synthetic_split(folder: Path, shards: int, per_shard: int, name: str) -> str:
+    """An index of `shards × per_shard` samples without tars, as `pipe:` URLs (their index found beside them):
+    for what the order costs at scale; no shard is opened."""
+    from data_shards.index import save_index
+    from data_shards.sample import SCHEMA_VERSION
+    from data_shards.write import shard_name
+
+    offsets = (np.arange(per_shard + 1) * 2048).tolist()
+    entries = [
+        {"name": shard_name(s), "samples": per_shard, "bytes": offsets[-1] + 1024, "sha256": f"{s:064x}"}
+        | {"offsets": offsets, "keys": [f"{name}{s}-{i}" for i in range(per_shard)]}
+        for s in range(shards)
+    ]
+    header = {"schema_version": SCHEMA_VERSION, "split": "train", "num_samples": shards * per_shard}
+    folder.mkdir()
+    save_index(folder, {**header, "source": {"fingerprint": name}, "shards": entries})
+    return f"pipe:cat {folder}/shard-{{000000..{shards - 1:06d}}}.tar"

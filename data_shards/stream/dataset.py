@@ -20,7 +20,7 @@ from data_shards.sample import Sample
 from data_shards.stream.cache import ShardCache
 from data_shards.stream.config import StreamConfig
 from data_shards.stream.deal import Deal, Schedule
-from data_shards.stream.order import BlockOrder, EpochOrder, epoch_order, subset_size
+from data_shards.stream.order import LazyOrder, epoch_order, subset_size
 from data_shards.stream.reader import CHUNK_ITEMS, ShardReader, Skipped, runs_by_block
 from data_shards.stream.shards import resolve_shards, usable_shards
 
@@ -183,7 +183,7 @@ class ShardStream(DealtStream):
         """Samples in one epoch's order: all of them, or the `sample_fraction` subset."""
         return subset_size(self.num_samples, self.config.sample_fraction)
 
-    def order(self) -> BlockOrder | EpochOrder:
+    def order(self) -> LazyOrder:
         c = self.config
         counts = [s.samples for s in self.shards]
         return epoch_order(counts, c.seed, self.epoch, c.shuffle, c.block_shards, c.sample_fraction)

@@ -29,7 +29,7 @@ import numpy as np
 from data_shards.sample import Sample
 from data_shards.stream.config import StreamConfig
 from data_shards.stream.dataset import DealtStream, ShardStream
-from data_shards.stream.order import KEPT_BLOCKS, BlockOrder, EpochOrder, epoch_order
+from data_shards.stream.order import KEPT_BLOCKS, LazyOrder, allocate, epoch_order
 from data_shards.stream.reader import ShardReader, Skipped, runs_by_block
 
 MIX_STREAM = 0x3A1C  # the interleaving's random stream, [seed, epoch, MIX_STREAM, block]
@@ -56,24 +56,15 @@ def parse_mix(text: str) -> list[MixPart] | None:
     return parts
 
 
-def allocate(weights: list[float], total: int) -> list[int]:
-    """`total` positions shared out in proportion to `weights`, by largest remainder (ties to the first)."""
-    exact = np.asarray(weights, dtype=float) / sum(weights) * total
-    shares = np.floor(exact).astype(int)
-    for index in np.argsort(-(exact - shares), kind="stable")[: total - int(shares.sum())]:
-        shares[index] += 1
-    return [int(share) for share in shares]
-
-
 class SourceTurns:
     """One source's items in a mix epoch: item k is item k mod n of the source's epoch order number k div n
     (its own epochs in turn, `rounds` of them per mix epoch), each drawn lazily."""
 
     def __init__(self, stream: ShardStream, part: int, mix_epoch: int, rounds: int):
         self.stream, self.part, self.first_epoch = stream, part, mix_epoch * rounds
-        self.orders: OrderedDict[int, BlockOrder | EpochOrder] = OrderedDict()
+        self.orders: OrderedDict[int, LazyOrder] = OrderedDict()
 
-    def order(self, turn: int) -> BlockOrder | EpochOrder:
+    def order(self, turn: int) -> LazyOrder:
         if turn not in self.orders:
             c, counts = self.stream.config, [shard.samples for shard in self.stream.shards]
             epoch = self.first_epoch + turn

@@ -7,39 +7,54 @@ shards at a time). A position is an index into that order; `BlockOrder.items` ma
 for, so a reader holds its blocks, not the epoch: memory grows with the shards, not the samples.
 
 A sample fraction f < 1 keeps round(f × N) samples (Python's round: the nearest integer, a tie to the even
-one; at least one), drawn once from the seed alone out of the split's global sample list (shard by shard,
-in the index's order): the same subset in every epoch and on every rank. Each epoch's order is the full
-order with the other samples taken out, so positions count within the subset and f = 1 is the full order.
-The subset is drawn over all N samples, so that order is held whole (`EpochOrder`, 24 bytes a sample).
+one; at least one), the same subset in every epoch and on every rank: each shard keeps its share of them
+(in proportion to its samples, by largest remainder), and which of its samples is drawn from the seed and the
+shard's number alone. Each epoch's order is the full order with the other samples taken out, so positions
+count within the subset and f = 1 is the full order; it is drawn a block at a time as well (`SubsetOrder`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 
-SUBSET_STREAM = 0x5AB5E7  # the subset's random stream, [seed, SUBSET_STREAM]: no epoch counts this far
+SUBSET_STREAM = 0x5AB5E7  # the subset's random streams, [seed, SUBSET_STREAM, shard]: no epoch counts this far
 KEPT_BLOCKS = 4  # block permutations a reader keeps at hand
 
 
-@dataclass(frozen=True)
-class EpochOrder:
-    """An order held whole: the sample-fraction subset, and weighted mixes."""
+class LazyOrder:
+    """An order made of blocks, each drawn only when one of its positions is asked for."""
 
-    shard: np.ndarray  # shard number of each global position (length N)
-    sample: np.ndarray  # index within that shard
-    block: np.ndarray  # shuffle block of each global position
+    block_start: np.ndarray  # first position of each block, and the length at the end
 
     def __len__(self) -> int:
-        return len(self.shard)
+        return int(self.block_start[-1])
+
+    def block_items(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
     def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.shard[positions], self.sample[positions], self.block[positions]
+        """(shard, sample, block) of each position."""
+        positions = np.asarray(positions, dtype=np.int64)
+        blocks = np.searchsorted(self.block_start, positions, side="right") - 1
+        shard, sample = np.empty_like(positions), np.empty_like(positions)
+        for block in np.unique(blocks).tolist():
+            here = blocks == block
+            shard_ids, sample_ids = self.block_items(block)
+            local = positions[here] - self.block_start[block]
+            shard[here], sample[here] = shard_ids[local], sample_ids[local]
+        return shard, sample, blocks
 
 
-class BlockOrder:
+def keep(cache: OrderedDict, key: int, value):
+    cache[key] = value
+    if len(cache) > KEPT_BLOCKS:
+        cache.popitem(last=False)
+    return value
+
+
+class BlockOrder(LazyOrder):
     """The full order of an epoch, drawn block by block on demand (same order as drawing it whole)."""
 
     def __init__(self, counts: list[int], seed: int, epoch: int, shuffle: bool, block_shards: int):
@@ -54,9 +69,6 @@ class BlockOrder:
         self.counts = counts
         self.kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
-    def __len__(self) -> int:
-        return int(self.block_start[-1])
-
     def block_items(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """(shard, sample) of each position of one block, in order."""
         if block in self.kept:
@@ -69,21 +81,29 @@ class BlockOrder:
         if self.shuffle:
             permutation = np.random.default_rng([self.seed, self.epoch, block]).permutation(len(shard_ids))
             shard_ids, sample_ids = shard_ids[permutation], sample_ids[permutation]
-        self.kept[block] = (shard_ids, sample_ids)
-        if len(self.kept) > KEPT_BLOCKS:
-            self.kept.popitem(last=False)
-        return shard_ids, sample_ids
+        return keep(self.kept, block, (shard_ids, sample_ids))
 
-    def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        positions = np.asarray(positions, dtype=np.int64)
-        blocks = np.searchsorted(self.block_start, positions, side="right") - 1
-        shard, sample = np.empty_like(positions), np.empty_like(positions)
-        for block in np.unique(blocks).tolist():
-            here = blocks == block
-            shard_ids, sample_ids = self.block_items(block)
-            local = positions[here] - self.block_start[block]
-            shard[here], sample[here] = shard_ids[local], sample_ids[local]
-        return shard, sample, blocks
+
+class SubsetOrder(LazyOrder):
+    """The full order with the samples a sample fraction leaves out taken out, block by block."""
+
+    def __init__(self, full: BlockOrder, kept_counts: np.ndarray, seed: int):
+        self.full, self.kept_counts, self.seed = full, kept_counts, seed
+        sizes = np.array([kept_counts[m].sum() for m in full.members], dtype=np.int64)
+        self.block_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def block_items(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        if block in self.kept:
+            self.kept.move_to_end(block)
+            return self.kept[block]
+        shard_ids, sample_ids = self.full.block_items(block)
+        mask = np.zeros(len(shard_ids), dtype=bool)
+        for shard in self.full.members[block].tolist():
+            here = shard_ids == shard
+            count, kept = int(self.full.counts[shard]), int(self.kept_counts[shard])
+            mask[here] = kept_samples(self.seed, shard, count, kept)[sample_ids[here]]
+        return keep(self.kept, block, (shard_ids[mask], sample_ids[mask]))
 
 
 def subset_size(total: int, fraction: float) -> int:
@@ -91,22 +111,27 @@ def subset_size(total: int, fraction: float) -> int:
     return total if fraction >= 1 else min(total, max(1, round(fraction * total)))
 
 
-def sample_subset(counts: list[int], fraction: float, seed: int) -> np.ndarray:
-    """Which global sample numbers (shard by shard, in `counts` order) the fraction keeps, as a mask."""
-    total = sum(counts)
-    chosen = np.random.default_rng([seed, SUBSET_STREAM]).choice(total, subset_size(total, fraction), replace=False)
-    keep = np.zeros(total, dtype=bool)
-    keep[chosen] = True
-    return keep
+def allocate(weights, total: int) -> list[int]:
+    """`total` positions shared out in proportion to `weights`, by largest remainder (ties to the first)."""
+    exact = np.asarray(weights, dtype=float) / np.sum(weights) * total
+    shares = np.floor(exact).astype(np.int64)
+    for index in np.argsort(-(exact - shares), kind="stable")[: total - int(shares.sum())]:
+        shares[index] += 1
+    return [int(share) for share in shares]
+
+
+def kept_samples(seed: int, shard: int, count: int, kept: int) -> np.ndarray:
+    """Which of a shard's `count` samples the subset keeps (a mask of `kept` of them), from the seed and shard."""
+    mask = np.zeros(count, dtype=bool)
+    mask[np.random.default_rng([seed, SUBSET_STREAM, shard]).choice(count, kept, replace=False)] = True
+    return mask
 
 
 def epoch_order(
     counts: list[int], seed: int, epoch: int, shuffle: bool, block_shards: int, fraction: float = 1.0
-) -> BlockOrder | EpochOrder:
+) -> LazyOrder:
     order = BlockOrder(counts, seed, epoch, shuffle, block_shards)
     if fraction >= 1:
         return order
-    everything = order.items(np.arange(len(order)))
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    kept = sample_subset(counts, fraction, seed)[first[everything[0]] + everything[1]]
-    return EpochOrder(*(column[kept] for column in everything))
+    kept = np.asarray(allocate(counts, subset_size(sum(counts), fraction)), dtype=np.int64)
+    return SubsetOrder(order, kept, seed)

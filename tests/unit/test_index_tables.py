@@ -4,10 +4,12 @@ an epoch order drawn a block at a time. Indexes written before keep reading."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_split
 
 from data_shards.index import INDEX_NAME, KEYS_NAME, OFFSETS_NAME, shard_keys
 from data_shards.sample import Sample, Turn
@@ -89,3 +91,20 @@ def test_the_block_order_equals_the_whole_order_and_keeps_a_few_blocks():
         got = fresh.items(chunk)
         assert all(np.array_equal(g, w[chunk]) for g, w in zip(got, whole))
         assert len(fresh.kept) <= KEPT_BLOCKS
+
+
+def test_a_rank_of_a_two_million_sample_split_at_half_holds_a_few_blocks_not_the_epoch(tmp_path):
+    stream = ShardStream(
+        synthetic_split(tmp_path / "big", 1000, 2000, "big"),
+        config=StreamConfig(batch_size=8, seed=2, sample_fraction=0.5),
+        rank=3,
+        world_size=64,
+    )
+    schedule = stream.schedule()
+    positions = np.concatenate([schedule.batch_positions(b) for b in range(512)])
+    tracemalloc.start()
+    shard, sample, _ = stream.order().items(positions)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8e6  # 3.0 MB; the whole order, drawn at once as before, peaked at 82 MB
+    assert stream.epoch_samples == 1_000_000 and len(set(zip(shard.tolist(), sample.tolist()))) == len(positions)

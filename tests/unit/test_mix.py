@@ -8,17 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import launch_training
+from conftest import launch_training, synthetic_split
 
 from data_shards.build import BuildConfig, build
-from data_shards.index import save_index
-from data_shards.sample import SCHEMA_VERSION
 from data_shards.stream import ShardLoader, StreamConfig
 from data_shards.stream import mix as mix_module
 from data_shards.stream.mix import MixPart, MixStream, allocate, parse_mix
 from data_shards.stream.order import KEPT_BLOCKS
 from data_shards.synthetic import make_dataset
-from data_shards.write import ShardLayout, shard_name
+from data_shards.write import ShardLayout
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +121,6 @@ def test_the_mix_order_is_drawn_a_block_at_a_time_and_is_the_same_however_it_is_
     for block in range(5):  # every block holds the sources by their shares (56 and 24 of 80), within one
         here = whole[0][order.block_start[block] : order.block_start[block + 1]]
         assert abs((here == 0).sum() - 56 / 5) < 1 and abs((here == 1).sum() - 24 / 5) < 1
-
-
-def synthetic_split(folder: Path, shards: int, per_shard: int, name: str) -> str:
-    """An index without tars, as `pipe:` URLs (their index found beside them; no shard is opened here)."""
-    offsets = (np.arange(per_shard + 1) * 2048).tolist()
-    entries = [
-        {"name": shard_name(s), "samples": per_shard, "bytes": offsets[-1] + 1024, "sha256": f"{s:064x}"}
-        | {"offsets": offsets, "keys": [f"{name}{s}-{i}" for i in range(per_shard)]}
-        for s in range(shards)
-    ]
-    header = {"schema_version": SCHEMA_VERSION, "split": "train", "num_samples": shards * per_shard}
-    folder.mkdir()
-    save_index(folder, {**header, "source": {"fingerprint": name}, "shards": entries})
-    return f"pipe:cat {folder}/shard-{{000000..{shards - 1:06d}}}.tar"
 
 
 def test_a_rank_of_a_two_million_sample_mix_holds_a_few_blocks_not_the_epoch(tmp_path):

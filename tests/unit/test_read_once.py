@@ -132,11 +132,3 @@ def test_planned_transfers_at_64_ranks_by_8_workers():
     small = plan_transfers([PER_SHARD] * SHARDS, [1] * SHARDS, world_size=64, ranks_per_node=8, block_shards=1)
     assert small.ratio == pytest.approx(1.4)  # 2,000 samples are too few for 512 readers: 28 of 20 shards fetched
     assert plan_transfers([PER_SHARD] * SHARDS, [1] * SHARDS, world_size=4, ranks_per_node=4).ratio == 1.0
-
-
-def test_a_pipe_split_finds_its_index_beside_its_shards_or_says_where_it_looked(split, tmp_path):
-    urls = f"pipe:cat {split}/shard-{{000000..{SHARDS - 1:06d}}}.tar"
-    stream = ShardStream(urls, config=StreamConfig(shuffle=False), rank=0, world_size=1)
-    assert [sample.key for sample in stream][:2] == ["k00000", "k00001"] and len(stream.shards) == SHARDS
-    with pytest.raises(ValueError, match=rf"pipe:cat {tmp_path}/index.json: cannot read .* pass index="):
-        ShardStream(f"pipe:cat {tmp_path}/shard-000000.tar", rank=0, world_size=1)

@@ -643,9 +643,12 @@ def test_pipe_urls_read_the_same_as_the_local_folder(even, workers, index_kind):
         assert piped_loader.skipped == 0
 
 
-def test_pipe_urls_need_an_index(even):
-    with pytest.raises(ValueError, match="index="):
-        open_stream(f"pipe:cat {even.path}/shard-{{000000..000004}}.tar")
+def test_pipe_urls_find_the_index_beside_them_or_name_where_they_looked(even, tmp_path):
+    pattern = f"pipe:cat {even.path}/shard-{{000000..000004}}.tar"
+    config = dict(batch_size=2, seed=4, block_shards=2)
+    assert read_batches(open_loader(pattern, 1, 2, **config)) == read_batches(open_loader(even.path, 1, 2, **config))
+    with pytest.raises(ValueError, match=rf"pipe:cat {tmp_path}/index.json: cannot read .* pass index="):
+        open_stream(f"pipe:cat {tmp_path}/shard-{{000000..000004}}.tar")
 
 
 def test_brace_pattern_of_local_paths_finds_the_sibling_index(even):
@@ -708,10 +711,10 @@ def test_rank_outside_the_world_is_refused(even, rank, world):
 
 # ----------------------------------------------------------------------------- 11. sample fraction
 
-# The quarter of the even split that seed 11 keeps, round(0.25 × 28) = 7 samples drawn once from the seed alone
-# (data_shards.stream.order.sample_subset), in its epoch-0 order with block_shards 2: SEED11 with every other sample
-# taken out.
-SEED11_QUARTER = "25 22 | 10 21 16 17 | 6"
+# The quarter of the even split that seed 11 keeps, round(0.25 × 28) = 7 samples: each shard its share by largest
+# remainder, which ones drawn from the seed and the shard alone (data_shards.stream.order.kept_samples), in its
+# epoch-0 order with block_shards 2: SEED11 with every other sample taken out.
+SEED11_QUARTER = "9 26 | 13 18 14 | 2 6"
 
 
 def subset(split: Split, **config) -> set[str]:
