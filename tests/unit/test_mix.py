@@ -58,16 +58,17 @@ def source_of(sample) -> str:
     return sample.key.split("-", 1)[0]
 
 
-def test_an_epoch_holds_each_source_by_its_weight_without_early_repeats(splits):
-    mix = stream(splits)
-    assert mix.epoch_samples == 80 and mix.shares() == [40, 40]
+@pytest.mark.parametrize("weights, big, small", [((0.5, 0.5), 40, 40), ((0.7, 0.3), 56, 24)])
+def test_an_epoch_holds_each_source_by_its_weight_without_early_repeats(splits, weights, big, small):
+    """big (60 samples) is down-sampled to a subset, small (20) up-sampled: all 20 once before any twice."""
+    mix = stream(splits, weights=weights)
+    assert mix.epoch_samples == 80 and mix.shares() == [big, small]
     samples = list(mix)
-    counts = Counter(source_of(s) for s in samples)
-    assert counts == {"big": 40, "small": 40}  # big down-sampled (40 of 60), small up-sampled (2 × 20)
-    small = [s.key for s in samples if source_of(s) == "small"]
-    assert len(set(small[:20])) == 20 and Counter(small) == Counter(dict.fromkeys(set(small), 2))
-    big = [s.key for s in samples if source_of(s) == "big"]
-    assert len(set(big)) == 40
+    assert Counter(source_of(s) for s in samples) == {"big": big, "small": small}
+    small_keys = [s.key for s in samples if source_of(s) == "small"]
+    repeats = Counter(Counter(small_keys).values())
+    assert len(set(small_keys[:20])) == 20 and repeats == ({2: 20} if small == 40 else {2: small - 20, 1: 40 - small})
+    assert len({s.key for s in samples if source_of(s) == "big"}) == big
     mix.epoch = 1
     assert [s.key for s in mix] != [s.key for s in samples]  # a new interleaving and another subset of big
 
