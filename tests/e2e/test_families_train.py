@@ -47,6 +47,7 @@ def test_family_trains_on_mixed_data_on_two_ranks(small_models, mixed_shards, tm
             "data.num_workers=1",
             "eval.at_start=true",
             "eval.max_new_tokens=4",
+            "eval.batch_size=8",  # batched, left-padded generation over text-only and image prompts alike
             "optimizer.lr=5e-3",
             "optimizer.projector_lr=5e-3",
             f"deepspeed.config={ROOT}/configs/deepspeed/zero{zero}.json",

@@ -144,3 +144,5 @@ def test_strips_per_batch_must_divide_the_micro_batch_and_the_cache_be_positive(
     with pytest.raises(ConfigError, match="data.cache_gb: must be positive"):
         load(None, [*REQUIRED, "data.cache_gb=0"])
     assert load(None, [*REQUIRED, "train.micro_batch_size=4", "data.strips_per_batch=2"]).data.strips_per_batch == 2
+    with pytest.raises(ConfigError, match=r"eval.batch_size: must be >= 0 \(0: train.micro_batch_size\), got -1"):
+        load(None, [*REQUIRED, "eval.batch_size=-1"])

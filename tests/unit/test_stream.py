@@ -818,3 +818,18 @@ def test_training_loader_takes_the_fraction_logs_it_and_plans_its_steps(even, ca
     assert (len(train.stream), len(evaluation.stream)) == (7, 14)
     assert planned_steps(config, train.stream) == 3 * 4  # 7 samples per rank: 4 micro-batches of 2, per epoch
     assert planned_steps(config, evaluation.stream) == 3 * 7
+
+
+def test_evaluation_batches_follow_eval_batch_size_and_training_the_micro_batch(even):
+    from trainer.config.schema import load
+    from trainer.distributed.world import WorldInfo
+    from trainer.train.loaders import make_loader
+
+    overrides = ["model.path=m", f"data.train={even.path}", "data.num_workers=0", "train.micro_batch_size=2"]
+    world = WorldInfo(0, 0, 2, 2, "127.0.0.1", 29500, "test")
+    for eval_batch, sizes in ((0, [2] * 7), (5, [5, 5, 4])):
+        config = load(None, [*overrides, f"eval.batch_size={eval_batch}"])
+        evaluation = make_loader(config, world, str(even.path), None, shuffle=False)
+        assert [len(batch) for batch in evaluation] == sizes  # 14 samples per rank
+        train = make_loader(config, world, str(even.path), None, shuffle=True)
+        assert {len(batch) for batch in train} == {2}

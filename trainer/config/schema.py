@@ -198,6 +198,9 @@ class TrackingSection:
 class EvalSection:
     every_steps: int = option(0, help="steps between evaluations on data.val (0: only at the end)")
     max_batches: int = option(0, help="limit evaluation batches (0: the whole split)")
+    batch_size: int = option(
+        0, help="samples per rank per evaluation batch (0: train.micro_batch_size); no gradients, so it can be larger"
+    )
     max_new_tokens: int = option(8, help="tokens generated per answer for exact-match accuracy")
     at_start: bool = option(False, help="also evaluate before the first step (accuracy before training)")
 
@@ -233,6 +236,8 @@ class TrainConfig:
                 found.append(f"{key}: must be >= 1, got {value}")
         if self.train.max_steps < 0 or self.train.epochs < 1 and self.train.max_steps == 0:
             found.append("train.max_steps / train.epochs: set max_steps > 0 or epochs >= 1")
+        if self.eval.batch_size < 0:
+            found.append(f"eval.batch_size: must be >= 0 (0: train.micro_batch_size), got {self.eval.batch_size}")
         if not 0 < self.data.sample_fraction <= 1:
             found.append(f"data.sample_fraction: must be in (0, 1], got {self.data.sample_fraction}")
         if self.data.strips_per_batch < 1 or self.train.micro_batch_size % self.data.strips_per_batch:

@@ -62,9 +62,9 @@ def make_objective(config: TrainConfig, collator: Collator):
 
 def make_loader(config: TrainConfig, world: WorldInfo, source: str, collate, shuffle: bool) -> ShardLoader:
     """The training loader (`shuffle`, a `data.sample_fraction` subset) or an evaluation one (every sample)."""
-    data = config.data
+    data, micro_batch = config.data, config.train.micro_batch_size
     stream_config = StreamConfig(
-        batch_size=config.train.micro_batch_size,
+        batch_size=micro_batch if shuffle else config.eval.batch_size or micro_batch,
         seed=config.train.seed,
         shuffle=shuffle,
         block_shards=data.block_shards,
