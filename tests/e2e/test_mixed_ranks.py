@@ -30,6 +30,7 @@ def overrides(model: Path, shards: Path, run: Path, zero: int, *extra: str) -> l
         "train.log_every=1",
         "data.num_workers=1",
         "eval.at_start=true",
+        "eval.batch_size=8",
         "optimizer.lr=3e-3",
         "optimizer.projector_lr=3e-3",
         f"deepspeed.config={ROOT}/configs/deepspeed/zero{json_stage}.json",
