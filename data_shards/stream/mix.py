@@ -84,7 +84,7 @@ class SourceTurns:
         return shard, sample, run
 
 
-class MixOrder:
+class MixOrder(LazyOrder):
     """The mix's order of one epoch, drawn a mix block at a time (same order however it is asked for)."""
 
     def __init__(self, shares: list[int], sources: list[SourceTurns], seed: int, epoch: int, shuffle: bool):
@@ -92,16 +92,10 @@ class MixOrder:
         self.before = np.stack([share * np.arange(blocks + 1, dtype=np.int64) // blocks for share in shares])
         self.block_start = self.before.sum(axis=0)
         self.sources, self.seed, self.epoch, self.shuffle = sources, seed, epoch, shuffle
-        self.kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.kept = OrderedDict()
 
-    def __len__(self) -> int:
-        return int(self.block_start[-1])
-
-    def block_items(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+    def draw(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """(source, item number within the source) of each position of one mix block."""
-        if block in self.kept:
-            self.kept.move_to_end(block)
-            return self.kept[block]
         first, counts = self.before[:, block], self.before[:, block + 1] - self.before[:, block]
         labels = np.repeat(np.arange(len(counts)), counts)
         if self.shuffle:
@@ -109,22 +103,12 @@ class MixOrder:
         item = np.empty(len(labels), dtype=np.int64)
         for part, count in enumerate(counts.tolist()):
             item[labels == part] = first[part] + np.arange(count)
-        self.kept[block] = (labels, item)
-        if len(self.kept) > KEPT_BLOCKS:
-            self.kept.popitem(last=False)
         return labels, item
 
     def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(source, shard, sample, run key) of each position."""
-        positions = np.asarray(positions, dtype=np.int64)
-        blocks = np.searchsorted(self.block_start, positions, side="right") - 1
-        part, item = np.empty_like(positions), np.empty_like(positions)
-        for block in np.unique(blocks).tolist():
-            here = blocks == block
-            labels, items = self.block_items(block)
-            local = positions[here] - self.block_start[block]
-            part[here], item[here] = labels[local], items[local]
-        shard, sample, run = (np.empty_like(positions) for _ in range(3))
+        part, item, _ = super().items(positions)
+        shard, sample, run = (np.empty_like(part) for _ in range(3))
         for source in np.unique(part).tolist():
             here = part == source
             shard[here], sample[here], run[here] = self.sources[source].items(item[here])

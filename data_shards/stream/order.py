@@ -24,34 +24,38 @@ KEPT_BLOCKS = 4  # block permutations a reader keeps at hand
 
 
 class LazyOrder:
-    """An order made of blocks, each drawn only when one of its positions is asked for."""
+    """An order made of blocks, each drawn only when one of its positions is asked for; a few are kept."""
 
     block_start: np.ndarray  # first position of each block, and the length at the end
+    kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]]
 
     def __len__(self) -> int:
         return int(self.block_start[-1])
 
-    def block_items(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+    def draw(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def block_items(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """The two columns of one block (for a split: shard and sample of each position), in order."""
+        if block in self.kept:
+            self.kept.move_to_end(block)
+            return self.kept[block]
+        self.kept[block] = self.draw(block)
+        if len(self.kept) > KEPT_BLOCKS:
+            self.kept.popitem(last=False)
+        return self.kept[block]
+
     def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(shard, sample, block) of each position."""
+        """(first column, second column, block) of each position: for a split (shard, sample, block)."""
         positions = np.asarray(positions, dtype=np.int64)
         blocks = np.searchsorted(self.block_start, positions, side="right") - 1
-        shard, sample = np.empty_like(positions), np.empty_like(positions)
+        first, second = np.empty_like(positions), np.empty_like(positions)
         for block in np.unique(blocks).tolist():
             here = blocks == block
-            shard_ids, sample_ids = self.block_items(block)
+            column_one, column_two = self.block_items(block)
             local = positions[here] - self.block_start[block]
-            shard[here], sample[here] = shard_ids[local], sample_ids[local]
-        return shard, sample, blocks
-
-
-def keep(cache: OrderedDict, key: int, value):
-    cache[key] = value
-    if len(cache) > KEPT_BLOCKS:
-        cache.popitem(last=False)
-    return value
+            first[here], second[here] = column_one[local], column_two[local]
+        return first, second, blocks
 
 
 class BlockOrder(LazyOrder):
@@ -69,11 +73,8 @@ class BlockOrder(LazyOrder):
         self.counts = counts
         self.kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
-    def block_items(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+    def draw(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """(shard, sample) of each position of one block, in order."""
-        if block in self.kept:
-            self.kept.move_to_end(block)
-            return self.kept[block]
         members = self.members[block]
         shard_ids = np.repeat(members, self.counts[members])
         firsts = np.repeat(np.cumsum(self.counts[members]) - self.counts[members], self.counts[members])
@@ -81,7 +82,7 @@ class BlockOrder(LazyOrder):
         if self.shuffle:
             permutation = np.random.default_rng([self.seed, self.epoch, block]).permutation(len(shard_ids))
             shard_ids, sample_ids = shard_ids[permutation], sample_ids[permutation]
-        return keep(self.kept, block, (shard_ids, sample_ids))
+        return shard_ids, sample_ids
 
 
 class SubsetOrder(LazyOrder):
@@ -93,17 +94,14 @@ class SubsetOrder(LazyOrder):
         self.block_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
-    def block_items(self, block: int) -> tuple[np.ndarray, np.ndarray]:
-        if block in self.kept:
-            self.kept.move_to_end(block)
-            return self.kept[block]
+    def draw(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         shard_ids, sample_ids = self.full.block_items(block)
         mask = np.zeros(len(shard_ids), dtype=bool)
         for shard in self.full.members[block].tolist():
             here = shard_ids == shard
             count, kept = int(self.full.counts[shard]), int(self.kept_counts[shard])
             mask[here] = kept_samples(self.seed, shard, count, kept)[sample_ids[here]]
-        return keep(self.kept, block, (shard_ids[mask], sample_ids[mask]))
+        return shard_ids[mask], sample_ids[mask]
 
 
 def subset_size(total: int, fraction: float) -> int:
